@@ -10,24 +10,26 @@ run, and, when PyTorch is importable, our speed as a multiple of PyTorch's on th
 network. Ours and PyTorch's repeats alternate, so both see the same machine load.
 
 Everything runs with one BLAS thread (and one PyTorch thread): the service runs one
-single-threaded worker per core.
+single-threaded worker per core. The figures that count are those of the environment as
+configured. When the environment pins OpenBLAS's kernels (`OPENBLAS_CORETYPE`; this
+development machine pins Haswell, AVX2), a second process measures again with the pin removed,
+so that OpenBLAS picks kernels for the CPU itself, and both are printed, labelled. Each
+percentage is of the matrix-multiply throughput measured in the same process.
 """
 
 from __future__ import annotations
 
 import argparse
 import itertools
+import json
+import os
 import statistics
+import subprocess
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-
-import numpy as np
-from threadpoolctl import threadpool_limits
-
-from trainer import MultiLayerNet, make_optimizer
-from trainer._training import train_epoch
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -69,8 +71,10 @@ SETTINGS = [
 ]
 
 
-def load_images(mnist_dir: Path | None) -> tuple[np.ndarray, np.ndarray, str]:
+def load_images(mnist_dir: Path | None) -> tuple[Any, Any, str]:
     """The shared MNIST test images when present (real data), else random images of that shape."""
+    import numpy as np
+
     if mnist_dir is not None and (mnist_dir / "t10k-images-idx3-ubyte.gz").exists():
         from trainer.data import load_dataset
 
@@ -98,7 +102,9 @@ def flops_per_sample(hidden: list[int]) -> int:
 
 
 def matmul_peak_gflops(seconds: float) -> float:
-    """Single-threaded float32 GEMM throughput on large square matrices (the machine's peak)."""
+    """Single-threaded float32 GEMM throughput on large square matrices (the BLAS's peak)."""
+    import numpy as np
+
     n = 1024
     rng = np.random.default_rng(0)
     a = rng.random((n, n), dtype=np.float32)
@@ -116,7 +122,12 @@ def matmul_peak_gflops(seconds: float) -> float:
 
 
 class NumpyRunner:
-    def __init__(self, s: Setting, x: np.ndarray, t: np.ndarray) -> None:
+    def __init__(self, s: Setting, x: Any, t: Any) -> None:
+        import numpy as np
+
+        from trainer import MultiLayerNet, make_optimizer
+
+        self.np = np
         self.net = MultiLayerNet(
             784,
             s.hidden,
@@ -131,6 +142,8 @@ class NumpyRunner:
         self.rng = np.random.default_rng(0)
 
     def epoch(self) -> int:
+        from trainer._training import train_epoch
+
         order = self.rng.permutation(len(self.x))
         train_epoch(self.net, self.opt, self.x, self.t, order, self.batch_size)
         return len(order)
@@ -139,7 +152,8 @@ class NumpyRunner:
 class TorchRunner:
     """The identical network in PyTorch, trained the way its tutorials do."""
 
-    def __init__(self, s: Setting, x: np.ndarray, t: np.ndarray) -> None:
+    def __init__(self, s: Setting, x: Any, t: Any) -> None:
+        import numpy as np
         import torch
         from torch import nn
 
@@ -163,7 +177,8 @@ class TorchRunner:
             [{"params": decayed, "weight_decay": s.weight_decay_lambda}, {"params": others}],
             lr=s.lr,
         )
-        self.x, self.t = torch.from_numpy(x), torch.from_numpy(t.astype(np.int64))
+        self.x = torch.from_numpy(x.copy())
+        self.t = torch.from_numpy(t.astype(np.int64))
         self.batch_size = s.batch_size
         self.generator = torch.Generator().manual_seed(0)
         self.torch = torch
@@ -187,33 +202,36 @@ def samples_per_second(runner: NumpyRunner | TorchRunner, seconds: float) -> flo
     return samples / (time.perf_counter() - start)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=7)
-    parser.add_argument("--seconds", type=float, default=0.6, help="length of one repeat")
-    parser.add_argument("--mnist-dir", type=Path, default=REPO.parent / "shared/data/mnist")
-    parser.add_argument("--no-torch", action="store_true", help="skip the PyTorch comparison")
-    args = parser.parse_args(argv)
+def measure(args: argparse.Namespace) -> dict[str, Any]:
+    """Every figure for the BLAS kernels this process loaded, as a dict."""
+    import numpy as np
+    from threadpoolctl import threadpool_info, threadpool_limits
 
     try:
         import torch
 
         torch.set_num_threads(1)
-        have_torch = not args.no_torch
-        torch_version = torch.__version__
+        torch_version = None if args.no_torch else torch.__version__
     except ImportError:
-        have_torch, torch_version = False, None
+        torch_version = None
 
     with threadpool_limits(limits=1):
         x, t, source = load_images(args.mnist_dir)
-        peak = matmul_peak_gflops(args.seconds)
-        print(f"data: {source}; 1 BLAS thread; numpy {np.__version__}", end="")
-        print(f"; torch {torch_version}" if have_torch else "; PyTorch not installed")
-        print(f"float32 matmul peak (1024x1024x1024, 1 thread): {peak:.1f} GFLOP/s")
-        print(f"median of {args.repeats} repeats of {args.seconds} s each\n")
+        blas = [i for i in threadpool_info() if i["user_api"] == "blas"]
+        result: dict[str, Any] = {
+            "data": source,
+            "numpy": np.__version__,
+            "torch": torch_version,
+            "blas": f"{blas[0]['internal_api']} {blas[0]['version']} "
+            f"({blas[0].get('architecture', '?')} kernels)"
+            if blas
+            else "unknown",
+            "peak_gflops": matmul_peak_gflops(args.seconds),
+            "settings": [],
+        }
         for setting in SETTINGS:
             ours_runner = NumpyRunner(setting, x, t)
-            torch_runner = TorchRunner(setting, x, t) if have_torch else None
+            torch_runner = TorchRunner(setting, x, t) if torch_version else None
             ours_runner.epoch()  # warm-up: buffers, caches
             if torch_runner:
                 torch_runner.epoch()
@@ -223,23 +241,87 @@ def main(argv: list[str] | None = None) -> int:
                 if torch_runner:
                     theirs.append(samples_per_second(torch_runner, args.seconds))
             rate = statistics.median(ours)
-            gflops = rate * flops_per_sample(setting.hidden) / 1e9
-            share = gflops / peak
-            print(setting.label)
-            print(
-                f"  numpy : {rate:9.0f} samples/s  {gflops:6.1f} GFLOP/s  "
-                f"{share:5.1%} of matmul peak (target {setting.target_of_peak:.0%}: "
-                f"{'met' if share >= setting.target_of_peak else 'MISSED'})"
+            result["settings"].append(
+                {
+                    "label": setting.label,
+                    "samples_per_s": rate,
+                    "gflops": rate * flops_per_sample(setting.hidden) / 1e9,
+                    "torch_samples_per_s": statistics.median(theirs) if theirs else None,
+                }
             )
-            if torch_runner:
-                torch_rate = statistics.median(theirs)
-                ratio = rate / torch_rate
-                print(
-                    f"  torch : {torch_rate:9.0f} samples/s  -> numpy is {ratio:.2f}x PyTorch "
-                    f"(target {setting.target_vs_torch}x: "
-                    f"{'met' if ratio >= setting.target_vs_torch else 'MISSED'})"
+    return result
+
+
+def run_child(mode: str, args: argparse.Namespace) -> dict[str, Any]:
+    env = dict(os.environ)
+    if mode == "unpinned":
+        env.pop("OPENBLAS_CORETYPE", None)
+    env["OPENBLAS_NUM_THREADS"] = "1"
+    command = [
+        sys.executable,
+        __file__,
+        "--child",
+        "--repeats",
+        str(args.repeats),
+        "--seconds",
+        str(args.seconds),
+        "--mnist-dir",
+        str(args.mnist_dir),
+    ]
+    if args.no_torch:
+        command.append("--no-torch")
+    done = subprocess.run(command, env=env, capture_output=True, text=True, check=True)
+    return json.loads(done.stdout)
+
+
+def verdict(value: float, target: float) -> str:
+    return "met" if value >= target else "MISSED"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--seconds", type=float, default=0.6, help="length of one repeat")
+    parser.add_argument("--mnist-dir", type=Path, default=REPO.parent / "shared/data/mnist")
+    parser.add_argument("--no-torch", action="store_true", help="skip the PyTorch comparison")
+    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.child:
+        print(json.dumps(measure(args)))
+        return 0
+
+    pinned = os.environ.get("OPENBLAS_CORETYPE")
+    modes = {"as configured": "configured"}
+    if pinned:
+        modes["OpenBLAS's own pick"] = "unpinned"
+    results = {label: run_child(mode, args) for label, mode in modes.items()}
+    first = results["as configured"]
+    print(f"data: {first['data']}; numpy {first['numpy']}; torch {first['torch'] or 'absent'}")
+    print(f"1 BLAS thread, 1 torch thread; median of {args.repeats} repeats of {args.seconds} s")
+    if pinned:
+        print(f"this environment sets OPENBLAS_CORETYPE={pinned}; the second rows unset it")
+    for label, r in results.items():
+        print(f"matmul throughput, {label:20s} {r['peak_gflops']:6.1f} GFLOP/s  ({r['blas']})")
+    print()
+    for i, setting in enumerate(SETTINGS):
+        print(setting.label)
+        for label, r in results.items():
+            row = r["settings"][i]
+            share = row["gflops"] / r["peak_gflops"]
+            line = (
+                f"  {label:20s} {row['samples_per_s']:8.0f} samples/s "
+                f"{row['gflops']:6.1f} GFLOP/s = {share:5.1%} of matmul throughput "
+                f"(target {setting.target_of_peak:.0%}: {verdict(share, setting.target_of_peak)})"
+            )
+            if row["torch_samples_per_s"]:
+                ratio = row["samples_per_s"] / row["torch_samples_per_s"]
+                line += (
+                    f"\n  {'':20s} PyTorch {row['torch_samples_per_s']:8.0f} samples/s: "
+                    f"ours is {ratio:.2f}x (target {setting.target_vs_torch}x: "
+                    f"{verdict(ratio, setting.target_vs_torch)})"
                 )
-            print()
+            print(line)
+        print()
     return 0
 
 

@@ -215,9 +215,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    # Before NumPy loads (only then does it count): AVX-512 kernels, one BLAS thread.
-    if "numpy" not in sys.modules:
-        _blas.prefer_avx512_kernels()
+    if "numpy" not in sys.modules:  # only before NumPy loads does it count
         _blas.single_blas_thread()
     parser = build_parser()
     args = parser.parse_args(argv)

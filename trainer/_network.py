@@ -254,7 +254,7 @@ class MultiLayerNet:
 
     def loss(self, x: ArrayLike, t: ArrayLike, train_flg: bool = False) -> float:
         """Mean softmax cross-entropy plus ½·λ·ΣW² on one batch."""
-        x, t = self._as_input(x), self._as_labels(t)
+        x, t = self._as_batch(x, t)
         data_loss = self.last_layer.forward(self._forward(x, train_flg), t, train_flg)
         return data_loss + self.weight_decay_penalty()
 
@@ -268,7 +268,7 @@ class MultiLayerNet:
         The arrays are views into `flat_grads`, overwritten by the next call: copy them to keep
         them.
         """
-        self.train_step(self._as_input(x), self._as_labels(t))
+        self.train_step(*self._as_batch(x, t))
         return self._grads
 
     # -- fast paths used by the training loop -----------------------------------------------------
@@ -299,7 +299,7 @@ class MultiLayerNet:
         The loss is `loss(x, t)` as if computed in one batch: mean cross-entropy plus the
         weight-decay term.
         """
-        x, t = self._as_input(x), self._as_labels(t)
+        x, t = self._as_batch(x, t)
         batch_size = _check_positive_int("batch_size", batch_size)
         n = x.shape[0]
         if n == 0:
@@ -333,10 +333,26 @@ class MultiLayerNet:
             )
         return np.ascontiguousarray(x, dtype=self.dtype)
 
+    def _as_batch(
+        self, x: ArrayLike, t: ArrayLike
+    ) -> tuple[NDArray[np.floating], NDArray[np.intp]]:
+        x, t = self._as_input(x), self._as_labels(t)
+        if len(t) != len(x):
+            raise ValueError(
+                f"x and t must hold the same number of samples, but got {len(x)} inputs and "
+                f"{len(t)} labels"
+            )
+        return x, t
+
     def _as_labels(self, t: ArrayLike) -> NDArray[np.intp]:
         """Integer labels; one-hot rows (the book's `one_hot_label=True`) become indices."""
         t = np.asarray(t)
         if t.ndim == 2:
+            if t.shape[1] != self.output_size:
+                raise ValueError(
+                    f"one-hot labels must have shape (n_samples, {self.output_size}), "
+                    f"but got shape {t.shape}"
+                )
             t = t.argmax(axis=1)
         if t.ndim != 1 or not np.issubdtype(t.dtype, np.integer):
             raise ValueError(

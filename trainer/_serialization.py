@@ -45,13 +45,17 @@ def load_network(path: str | os.PathLike[str]) -> MultiLayerNet:
     if arrays.get("format") is None or str(arrays["format"]) != _FORMAT:
         raise ValueError(f"{path}: not a saved network (expected format {_FORMAT!r})")
 
-    network = MultiLayerNet(**json.loads(str(arrays["config"])))
-    for name, value in network.params.items():
-        stored = arrays.get(f"param/{name}")
-        if stored is None or stored.shape != value.shape:
-            raise ValueError(f"{path}: parameter {name} is missing or has the wrong shape")
-        value[...] = stored
+    try:
+        network = MultiLayerNet(**json.loads(str(arrays["config"])))
+    except (KeyError, TypeError, ValueError) as error:
+        raise ValueError(f"{path}: its network config is invalid ({error})") from None
+    targets = {f"param/{name}": value for name, value in network.params.items()}
     for i, layer in enumerate(network.batchnorm_layers, start=1):
-        layer.running_mean[...] = arrays[f"running_mean/{i}"]
-        layer.running_var[...] = arrays[f"running_var/{i}"]
+        targets[f"running_mean/{i}"] = layer.running_mean
+        targets[f"running_var/{i}"] = layer.running_var
+    for key, target in targets.items():
+        stored = arrays.get(key)
+        if stored is None or stored.shape != target.shape:
+            raise ValueError(f"{path}: {key} is missing or has the wrong shape")
+        target[...] = stored
     return network
