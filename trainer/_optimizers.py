@@ -39,6 +39,15 @@ def _check(name: str, value: Any, bounds: Bounds) -> float:
     return value
 
 
+def _adaptive_step(param: Array, grad: Array, h: Array, tmp: Array, lr: float, eps: float) -> None:
+    """W ← W − lr·g/(√h + ε), the step AdaGrad and RMSprop share."""
+    np.sqrt(h, out=tmp)
+    tmp += eps
+    np.divide(grad, tmp, out=tmp)
+    tmp *= lr
+    param -= tmp
+
+
 class Optimizer:
     """Base class: subclasses declare `_constraints` and implement `_update_one`."""
 
@@ -154,11 +163,7 @@ class AdaGrad(Optimizer):
     def _update_one(self, param: Array, grad: Array, h: Array, tmp: Array) -> None:
         np.multiply(grad, grad, out=tmp)
         h += tmp
-        np.sqrt(h, out=tmp)
-        tmp += self.eps
-        np.divide(grad, tmp, out=tmp)
-        tmp *= self.lr
-        param -= tmp
+        _adaptive_step(param, grad, h, tmp, self.lr, self.eps)
 
 
 class RMSprop(Optimizer):
@@ -180,11 +185,7 @@ class RMSprop(Optimizer):
         np.multiply(grad, grad, out=tmp)
         tmp *= 1.0 - self.decay_rate
         h += tmp
-        np.sqrt(h, out=tmp)
-        tmp += self.eps
-        np.divide(grad, tmp, out=tmp)
-        tmp *= self.lr
-        param -= tmp
+        _adaptive_step(param, grad, h, tmp, self.lr, self.eps)
 
 
 class Adam(Optimizer):
