@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
 import time
 from collections.abc import Sequence
+from pathlib import Path
 
 from . import __version__, _blas
 
@@ -198,6 +200,296 @@ def _cmd_download(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _storage_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--storage",
+        metavar="URL",
+        help="database URL (default: $HPO_STORAGE, else sqlite:///hpo.db)",
+    )
+
+
+def _add_run_parser(commands: argparse._SubParsersAction) -> None:
+    p = commands.add_parser(
+        "run",
+        help="run (or resume) the study a study file describes",
+        description="Run the study described by STUDY.toml until it has n_trials finished "
+        "trials, counted across every run and worker. Run the same command again to resume "
+        "after an interruption; run it on other machines against the same storage to add "
+        "workers. Flags override the file.",
+    )
+    p.add_argument("study_file", metavar="STUDY.toml")
+    _storage_flag(p)
+    p.add_argument("--study-name", help="default: [study] name, else the file's name")
+    p.add_argument("--sampler", help="random, tpe, gp, cmaes or qmc (with default options)")
+    p.add_argument("--pruner", help="none, median, successive_halving or hyperband")
+    p.add_argument("--n-trials", type=int, help="the study's total budget of finished trials")
+    p.add_argument("--seed", type=int, help="seed of the split, the trials and the samplers")
+    p.add_argument("--timeout", type=float, help="stop starting trials after S seconds")
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="worker processes on this machine, one BLAS thread each (default 1)",
+    )
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    p.set_defaults(handler=_cmd_run)
+
+
+def _overrides(args: argparse.Namespace) -> list[str]:
+    """The override flags of `hpo run`, to hand to its worker processes."""
+    flags = []
+    for name in ("study_name", "sampler", "pruner", "n_trials", "seed", "timeout"):
+        value = getattr(args, name)
+        if value is not None:
+            flags += [f"--{name.replace('_', '-')}", str(value)]
+    return flags
+
+
+def _interrupt_once(signum: int, frame: object) -> None:
+    """First Ctrl-C: stop (the running trial is marked failed); later ones are ignored, so
+    that nothing interrupts the write that marks it."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    raise KeyboardInterrupt
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from ._errors import ConfigError
+    from ._report import best_lines
+    from ._run import run_in_process, run_worker_processes
+    from ._storage import resolve_storage
+    from ._studies import load_existing_study, prepare_study
+    from ._studyfile import load_study_file
+
+    if args.workers < 1:
+        raise ConfigError(f"must be at least 1, but got {args.workers}", key="--workers")
+    spec = load_study_file(args.study_file).with_overrides(
+        study_name=args.study_name,
+        sampler=args.sampler,
+        pruner=args.pruner,
+        n_trials=args.n_trials,
+        seed=args.seed,
+        timeout=args.timeout,
+    )
+    settings = resolve_storage(args.storage)
+    signal.signal(signal.SIGINT, _interrupt_once)
+    new = prepare_study(settings, spec)
+    name, n_trials = spec.study.name, spec.study.n_trials
+    if args.worker:
+        return _exit_status(run_in_process(spec, settings), args)
+
+    print(
+        f"{'created' if new else 'resuming'} study {name!r} in {settings.redacted()}: "
+        f"{n_trials} trials, {spec.sampler.name} sampler, {spec.pruner.name} pruner, "
+        f"{args.workers} worker{'s' if args.workers > 1 else ''}"
+    )
+    print(f"network: {spec.base.describe()}")
+    for param in spec.space.params:
+        print(f"  search {param.describe()}")
+    bar = _progress_bar(n_trials, enabled=not args.no_progress)
+    started = time.perf_counter()
+    try:
+        if args.workers == 1:
+            outcome = run_in_process(spec, settings, progress=bar)
+        else:
+            child = ["run", str(args.study_file), *_overrides(args), "--worker"]
+            outcome = run_worker_processes(spec, settings, child, args.workers, progress=bar)
+    finally:
+        bar.close()
+    elapsed = time.perf_counter() - started
+    study = load_existing_study(settings, name)
+    lines = best_lines(study, spec.study.metric, n=5)
+    if lines:
+        print("\n".join(lines))
+    print(f"{name}: {outcome.finished}/{n_trials} trials finished ({elapsed:.0f} s this run)")
+    if outcome.interrupted:
+        print(
+            f"interrupted: run the same command again to resume ({outcome.finished}/"
+            f"{n_trials} finished)",
+            file=sys.stderr,
+        )
+        return EXIT_INTERRUPTED
+    if outcome.finished < n_trials:
+        print(
+            f"stopped before the budget ({'timeout' if spec.study.timeout else 'see above'});"
+            " run the same command again to continue",
+            file=sys.stderr,
+        )
+    return _exit_status(outcome, args)
+
+
+def _exit_status(outcome, args: argparse.Namespace) -> int:
+    if outcome.interrupted:
+        return EXIT_INTERRUPTED
+    if outcome.gave_up:
+        print(
+            f"hpo run: stopped after {len(outcome.errors)} failed trials in a row; the last: "
+            f"{outcome.errors[-1]}. Fix the cause and run the same command to resume.",
+            file=sys.stderr,
+        )
+        return EXIT_FAILURE
+    if outcome.worker_failures:
+        print(
+            f"hpo run: {outcome.worker_failures} worker process(es) failed; see above",
+            file=sys.stderr,
+        )
+        return EXIT_FAILURE
+    return EXIT_OK
+
+
+class _Progress:
+    """A tqdm bar over finished trials (on a terminal), updated from absolute counts."""
+
+    def __init__(self, total: int, enabled: bool) -> None:
+        from tqdm import tqdm
+
+        self._bar = tqdm(
+            total=total,
+            unit="trial",
+            dynamic_ncols=True,
+            disable=not (enabled and sys.stderr.isatty()),
+        )
+
+    def __call__(self, finished: int, best: float | None) -> None:
+        self._bar.n = finished
+        if best is not None:
+            self._bar.set_postfix_str(f"best {best:.4g}", refresh=False)
+        self._bar.refresh()
+
+    def close(self) -> None:
+        self._bar.close()
+
+
+def _progress_bar(total: int, enabled: bool) -> _Progress:
+    return _Progress(total, enabled)
+
+
+def _add_status_parser(commands: argparse._SubParsersAction) -> None:
+    p = commands.add_parser(
+        "status",
+        help="trial counts and best results of the studies in a storage",
+        description="One line per study (or one study and its best trials): trials by state, "
+        "best value and parameters.",
+    )
+    p.add_argument("name", nargs="?", help="one study (default: all)")
+    _storage_flag(p)
+    p.set_defaults(handler=_cmd_status)
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    import optuna
+
+    from ._report import best_lines, status_line, study_status
+    from ._storage import open_storage, resolve_storage
+    from ._studies import FINGERPRINT_ATTR, load_existing_study
+
+    settings = resolve_storage(args.storage)
+    if args.name:
+        study = load_existing_study(settings, args.name)
+        print(status_line(study_status(study)))
+        metric = study.user_attrs.get(FINGERPRINT_ATTR, {}).get("metric", "value")
+        for line in best_lines(study, metric, n=5):
+            print(f"  {line}")
+        return EXIT_OK
+    storage = open_storage(settings, heartbeat=False)
+    summaries = optuna.get_all_study_summaries(storage, include_best_trial=False)
+    if not summaries:
+        print(f"no studies in {settings.redacted()}")
+    for summary in sorted(summaries, key=lambda s: s.study_name):
+        study = optuna.load_study(study_name=summary.study_name, storage=storage)
+        print(status_line(study_status(study)))
+    return EXIT_OK
+
+
+def _add_export_parser(commands: argparse._SubParsersAction) -> None:
+    p = commands.add_parser(
+        "export",
+        help="one row per trial as CSV or JSON",
+        description="Every trial of a study: number, state, value, parameters, epochs "
+        "trained, duration, seed.",
+    )
+    p.add_argument("name")
+    p.add_argument("--format", choices=("csv", "json"), default="csv")
+    p.add_argument("--output", "-o", metavar="FILE", help="default: standard output")
+    _storage_flag(p)
+    p.set_defaults(handler=_cmd_export)
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    import csv
+    import io
+    import json
+
+    from ._report import export_rows
+    from ._storage import resolve_storage
+    from ._studies import load_existing_study
+
+    rows = export_rows(load_existing_study(resolve_storage(args.storage), args.name))
+    buffer = io.StringIO()
+    if args.format == "json":
+        json.dump(rows, buffer, indent=2)
+        buffer.write("\n")
+    else:
+        writer = csv.DictWriter(buffer, fieldnames=list(rows[0]) if rows else ["number"])
+        writer.writeheader()
+        writer.writerows(rows)
+    if args.output:
+        Path(args.output).write_text(buffer.getvalue())
+    else:
+        sys.stdout.write(buffer.getvalue())
+    return EXIT_OK
+
+
+def _add_replay_parser(commands: argparse._SubParsersAction) -> None:
+    p = commands.add_parser(
+        "replay",
+        help="retrain one recorded trial and compare",
+        description="Train a recorded trial's configuration again with its seed and print "
+        "the recorded and the reproduced validation metrics side by side.",
+    )
+    p.add_argument("name")
+    p.add_argument("trial", type=int, help="trial number")
+    _storage_flag(p)
+    p.set_defaults(handler=_cmd_replay)
+
+
+def _cmd_replay(args: argparse.Namespace) -> int:
+    from ._data import load_splits
+    from ._errors import ConfigError
+    from ._objective import replay_trial
+    from ._report import fmt
+    from ._storage import resolve_storage
+    from ._studies import load_existing_study, stored_spec
+
+    study = load_existing_study(resolve_storage(args.storage), args.name)
+    trials = {t.number: t for t in study.get_trials(deepcopy=False)}
+    trial = trials.get(args.trial)
+    if trial is None:
+        raise ConfigError(
+            f"study {args.name!r} has no trial {args.trial} "
+            f"(it has {len(trials)} trials, numbered from 0)"
+        )
+    recorded = trial.user_attrs.get("history")
+    seed = trial.user_attrs.get("seed")
+    if not recorded or seed is None:
+        raise ConfigError(
+            f"trial {args.trial} of {args.name!r} is {trial.state.name} and has "
+            "no recorded history to compare with"
+        )
+    spec = stored_spec(study)
+    metric = spec.study.metric
+    splits = load_splits(spec.data, seed=spec.study.seed)
+    params = ", ".join(f"{k}={fmt(v)}" for k, v in trial.params.items())
+    print(f"trial {trial.number} of {args.name!r} ({trial.state.name}, seed {seed}): {params}")
+    reproduced = replay_trial(spec, splits, dict(trial.params), int(seed))
+    epochs = len(recorded[metric])
+    same = reproduced[metric][:epochs] == recorded[metric]
+    print(f"  recorded   {metric} {recorded[metric][-1]:.6f} at epoch {epochs}")
+    print(f"  reproduced {metric} {reproduced[metric][epochs - 1]:.6f} at epoch {epochs}")
+    print("  identical at every recorded epoch" if same else "  DIFFERENT")
+    return EXIT_OK if same else EXIT_FAILURE
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="hpo",
@@ -209,6 +501,10 @@ def build_parser() -> argparse.ArgumentParser:
         "-v", "--verbose", action="count", default=0, help="more log output (-vv for debug)"
     )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    _add_run_parser(commands)
+    _add_status_parser(commands)
+    _add_export_parser(commands)
+    _add_replay_parser(commands)
     _add_train_parser(commands)
     _add_download_parser(commands)
     return parser
@@ -219,10 +515,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         _blas.single_blas_thread()
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=(logging.WARNING, logging.INFO, logging.DEBUG)[min(args.verbose, 2)],
-        format="%(levelname)s %(name)s: %(message)s",
-    )
+    level = (logging.WARNING, logging.INFO, logging.DEBUG)[min(args.verbose, 2)]
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    import optuna
+
+    optuna.logging.set_verbosity(level)
     from trainer import TrainingDiverged
     from trainer.data import DatasetError
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import uuid
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -33,3 +35,97 @@ def mnist_dir() -> Path:
             pytest.fail(reason)
         pytest.skip(reason)
     return directory
+
+
+# -- storages: every storage test runs against a SQLite file and the PostgreSQL server --------
+
+_POSTGRES_ENV = "HPO_TEST_POSTGRES_URL"
+
+
+def postgres_admin_url() -> str:
+    """The PostgreSQL URL the environment names; skip locally (fail in CI) without one."""
+    url = os.environ.get(_POSTGRES_ENV)
+    if not url:
+        if os.environ.get("CI"):
+            pytest.fail(f"CI must export {_POSTGRES_ENV} (see .ci/run)")
+        pytest.skip(f"{_POSTGRES_ENV} is not set")
+    return url
+
+
+@pytest.fixture
+def fresh_postgres_url() -> Iterator[str]:
+    """A new, empty PostgreSQL database for one test, dropped afterwards."""
+    import sqlalchemy
+    from sqlalchemy.engine import make_url
+
+    admin = make_url(postgres_admin_url())
+    name = f"hpo_test_{uuid.uuid4().hex[:12]}"
+    engine = sqlalchemy.create_engine(admin, isolation_level="AUTOCOMMIT")
+    with engine.connect() as connection:
+        connection.execute(sqlalchemy.text(f'CREATE DATABASE "{name}"'))
+    try:
+        yield admin.set(database=name).render_as_string(hide_password=False)
+    finally:
+        with engine.connect() as connection:
+            connection.execute(sqlalchemy.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        engine.dispose()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def storage_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """An empty storage of each supported kind: a SQLite file, a fresh PostgreSQL database."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'studies.db'}"
+    return request.getfixturevalue("fresh_postgres_url")
+
+
+TINY_STUDY = """\
+[study]
+name = "tiny"
+n_trials = {n_trials}
+seed = 1
+
+[data]
+dataset = "digits"
+n_samples = 600
+
+[model]
+hidden_size_list = [{hidden}]
+
+[train]
+optimizer = "adam"
+epochs = {epochs}
+batch_size = 100
+
+[search.lr]
+type = "float"
+low = 1e-4
+high = 1e-1
+log = true
+
+[sampler]
+name = "random"
+
+[pruner]
+name = "{pruner}"
+"""
+
+
+@pytest.fixture
+def tiny_study_file(tmp_path: Path) -> Callable[..., Path]:
+    """Write a small digits study file: `tiny_study_file(n_trials=6, epochs=5)`."""
+
+    def write(
+        n_trials: int = 6,
+        epochs: int = 5,
+        hidden: int = 32,
+        pruner: str = "none",
+        name: str = "tiny.toml",
+        extra: str = "",
+    ) -> Path:
+        path = tmp_path / name
+        text = TINY_STUDY.format(n_trials=n_trials, epochs=epochs, hidden=hidden, pruner=pruner)
+        path.write_text(text + extra)
+        return path
+
+    return write

@@ -1,0 +1,136 @@
+"""A lock shared by every process that works on one storage, on one machine or many.
+
+Two things need it. Creating Optuna's schema and a study is not safe when several workers
+start together on an empty database ("table already exists", unique-key violations). And an
+exact trial budget needs "count the trials, then create one" to happen atomically.
+
+PostgreSQL: a session-level advisory lock, held on a connection of its own (advisory locks
+block nothing but each other, so Optuna's own connections keep working), released by the
+server if the holder dies. SQLite: `flock` on a file beside the database, released by the
+kernel if the holder dies. An in-memory SQLite database lives in one process: a thread lock.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import os
+import threading
+import time
+from pathlib import Path
+from types import TracebackType
+
+import sqlalchemy
+
+from ._storage import StorageSettings, engine_kwargs
+
+_THREAD_LOCKS: dict[str, threading.Lock] = {}
+_POLL_S = 0.02
+
+
+class LockTimeout(TimeoutError):
+    pass
+
+
+def _key(name: str) -> int:
+    """A signed 64-bit key for pg_advisory_lock from a lock name."""
+    digest = hashlib.blake2b(name.encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big", signed=True)
+
+
+class StorageLock:
+    """`with StorageLock(settings, "claim:my-study"):` holds the named lock for this storage.
+
+    Reentrant use is not supported; `timeout` bounds the wait (a holder is expected to keep
+    it for milliseconds).
+    """
+
+    def __init__(self, settings: StorageSettings, name: str, *, timeout: float = 120.0):
+        self.settings, self.name, self.timeout = settings, name, timeout
+        self._engine: sqlalchemy.Engine | None = None
+        self._connection: sqlalchemy.Connection | None = None
+        self._file: int | None = None
+
+    def __enter__(self) -> StorageLock:
+        deadline = time.monotonic() + self.timeout
+        while not self._try_acquire():
+            if time.monotonic() > deadline:
+                raise LockTimeout(
+                    f"waited {self.timeout:.0f} s for the lock {self.name!r} on "
+                    f"{self.settings.redacted()}; is another worker hung?"
+                )
+            time.sleep(_POLL_S)
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self._release()
+
+    def _try_acquire(self) -> bool:
+        if self.settings.backend == "postgresql":
+            return self._try_postgres()
+        path = self.settings.sqlite_path
+        if path is None:
+            return _THREAD_LOCKS.setdefault(self.settings.url, threading.Lock()).acquire(
+                blocking=False
+            )
+        return self._try_file(path.with_name(path.name + ".hpo-lock"))
+
+    def _try_postgres(self) -> bool:
+        if self._engine is None:
+            kwargs = engine_kwargs(self.settings) | {"pool_size": 1, "max_overflow": 0}
+            self._engine = sqlalchemy.create_engine(self.settings.url, **kwargs)
+        statement = sqlalchemy.text("SELECT pg_try_advisory_lock(:key)")
+        try:
+            if self._connection is None:
+                self._connection = self._engine.connect()
+            acquired = self._connection.execute(statement, {"key": _key(self.name)}).scalar()
+            self._connection.commit()
+        except sqlalchemy.exc.DBAPIError:
+            # A restarted or unreachable server: reconnect on the next try, until the timeout.
+            if self._connection is not None:
+                self._connection.invalidate()
+                self._connection = None
+            return False
+        return bool(acquired)
+
+    def _try_file(self, path: Path) -> bool:
+        if self._file is None:
+            self._file = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(self._file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False
+        return True
+
+    def _release(self) -> None:
+        if self.settings.backend == "postgresql":
+            if self._connection is not None:
+                statement = sqlalchemy.text("SELECT pg_advisory_unlock(:key)")
+                try:
+                    self._connection.execute(statement, {"key": _key(self.name)})
+                    self._connection.commit()
+                except sqlalchemy.exc.DBAPIError:
+                    # The connection died, and with it the lock; start afresh next time.
+                    self._connection.invalidate()
+                    self._connection = None
+        elif self.settings.sqlite_path is None:
+            _THREAD_LOCKS[self.settings.url].release()
+        elif self._file is not None:
+            fcntl.flock(self._file, fcntl.LOCK_UN)
+
+    def close(self) -> None:
+        """Give back the connection or file the lock keeps between uses."""
+        if self._connection is not None:
+            self._connection.close()
+            self._connection = None
+        if self._engine is not None:
+            self._engine.dispose()
+            self._engine = None
+        if self._file is not None:
+            os.close(self._file)
+            self._file = None

@@ -1,0 +1,155 @@
+"""The Optuna objective: one trial is one training run of the chapter's network.
+
+Pure apart from the trial it is given: no storage set-up, no tracking, no printing. It
+returns the validation metric after the last epoch (the book ranks trials by it) or raises
+`optuna.TrialPruned`; the runner decides how the trial ends.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import optuna
+
+from trainer import EpochMetrics, TrainingDiverged, train
+from trainer.data import DataSplits
+
+from ._config import TrainConfig
+from ._seeds import INIT_STREAM, SHUFFLE_STREAM, derive_seed
+from ._studyfile import StudySpec
+
+TRIAL_STREAM = 2  # per-trial seeds: derive_seed(study_seed, TRIAL_STREAM, trial_number)
+METRICS = ("train_loss", "train_acc", "val_loss", "val_acc")
+
+EpochListener = Callable[[optuna.trial.BaseTrial, int, EpochMetrics], None]
+
+
+def trial_seed(trial: optuna.trial.BaseTrial, study_seed: int) -> int:
+    """The seed that makes this trial reproducible, recorded with the trial when it starts.
+
+    A seed already in the trial's user attributes wins: a trial enqueued to reproduce another
+    carries its seed, and Optuna's retry of a trial whose worker died copies the original's
+    user attributes, seed included. Otherwise it derives from the study seed and the number.
+    """
+    fixed = trial.user_attrs.get("seed")
+    if fixed is not None:
+        return int(fixed)
+    seed = derive_seed(study_seed, TRIAL_STREAM, trial.number)
+    trial.set_user_attr("seed", seed)
+    return seed
+
+
+@dataclass
+class EpochHistory:
+    """Every epoch's metrics, kept with the trial as one user attribute (one transaction)."""
+
+    columns: dict[str, list[float]] = field(default_factory=lambda: {m: [] for m in METRICS})
+
+    def append(self, metrics: EpochMetrics) -> None:
+        for name, value in metrics.as_dict().items():
+            self.columns[name].append(value)
+
+    def __len__(self) -> int:
+        return len(self.columns["val_acc"])
+
+
+class Objective:
+    """`objective(trial) -> float` for a study: builds, trains and reports one network.
+
+    The data comes split: only the training and validation sets are used here; the test
+    split stays inside `splits` for whoever asks for it by name, which this class never does.
+    `listeners` hear every epoch (tracking hooks in later layers). The pruner hears only what
+    it decides on (`PrunerSpec.report_epochs`: its decision epochs, and for the median rule
+    the best epoch so far), since every `trial.report` is a committed transaction; it prunes
+    exactly as if every epoch had been reported.
+    """
+
+    def __init__(
+        self,
+        spec: StudySpec,
+        splits: DataSplits,
+        *,
+        listeners: tuple[EpochListener, ...] = (),
+    ) -> None:
+        self.spec = spec
+        self.splits = splits
+        self.listeners = listeners
+        self.prune = bool(spec.pruner.decision_epochs(spec.base.epochs))
+        self.metric = spec.study.metric
+
+    def config_for(self, trial: optuna.trial.BaseTrial) -> TrainConfig:
+        return self.spec.space.suggest(trial, self.spec.base)
+
+    def __call__(self, trial: optuna.trial.BaseTrial) -> float:
+        config = self.config_for(trial)
+        seed = trial_seed(trial, self.spec.study.seed)
+        history = EpochHistory()
+
+        def on_epoch_end(epoch: int, metrics: EpochMetrics) -> None:
+            history.append(metrics)
+            for listener in self.listeners:
+                listener(trial, epoch, metrics)
+            if not self.prune:
+                return
+            values = history.columns[self.metric]
+            steps = self.spec.pruner.report_epochs(values, direction=self.spec.study.direction)
+            for step in steps:
+                trial.report(values[step - 1], step)
+            if steps and trial.should_prune():
+                raise optuna.TrialPruned(f"pruned at epoch {epoch}")
+
+        try:
+            final = self._train(config, seed, on_epoch_end)
+        except TrainingDiverged as diverged:
+            trial.set_user_attr("diverged", {"epoch": diverged.epoch, "reason": diverged.reason})
+            raise optuna.TrialPruned(str(diverged)) from None
+        except optuna.TrialPruned:
+            raise
+        except Exception as error:
+            trial.set_user_attr("error", f"{type(error).__name__}: {error}")
+            raise
+        finally:
+            trial.set_user_attr("history", history.columns)
+        return getattr(final, self.metric)
+
+    def _train(
+        self, config: TrainConfig, seed: int, on_epoch_end: Callable[[int, EpochMetrics], None]
+    ) -> EpochMetrics:
+        s = self.splits
+        network = config.build_network(
+            s.x_train.shape[1], s.n_classes, seed=derive_seed(seed, INIT_STREAM)
+        )
+        history = train(
+            network,
+            config.build_optimizer(),
+            s.x_train,
+            s.t_train,
+            s.x_val,
+            s.t_val,
+            epochs=config.epochs,
+            batch_size=config.batch_size,
+            seed=derive_seed(seed, SHUFFLE_STREAM),
+            on_epoch_end=on_epoch_end,
+        )
+        return history.final
+
+
+def replay_trial(
+    spec: StudySpec, splits: DataSplits, params: dict[str, Any], seed: int
+) -> dict[str, list[float]]:
+    """Train a recorded trial's configuration again with its seed; return every epoch's metrics.
+
+    No pruner intervenes, so a pruned trial replays to the configured end; compare it with the
+    record at the epochs the record has.
+    """
+    fixed = optuna.trial.FixedTrial(params)
+    fixed.set_user_attr("seed", seed)
+    objective = Objective(spec, splits)
+    objective.prune = False
+    # A diverged replay raises TrialPruned: the history up to there is what there is.
+    with contextlib.suppress(optuna.TrialPruned):
+        objective(fixed)
+    return fixed.user_attrs["history"]

@@ -1,0 +1,112 @@
+"""Study results as text and rows: the book's Best-N listing, status summaries, exports."""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+# How the book prints a setting: "lr:0.0092, weight decay:3.86e-07".
+DISPLAY_NAMES = {"weight_decay_lambda": "weight decay", "dropout_ratio": "dropout"}
+METRIC_LABELS = {"val_acc": "val acc", "val_loss": "val loss"}
+
+
+def fmt(value: Any) -> str:
+    """Three significant digits for floats (0.0092, 3.86e-07), everything else as is."""
+    if isinstance(value, float) and math.isfinite(value):
+        return f"{value:.3g}"
+    return str(value)
+
+
+def ranked_trials(study: optuna.Study) -> list[FrozenTrial]:
+    """Completed trials, best first (ties by trial number, so the order is stable)."""
+    trials = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    sign = -1.0 if study.direction == optuna.study.StudyDirection.MAXIMIZE else 1.0
+    return sorted(trials, key=lambda t: (sign * t.value, t.number))
+
+
+def best_lines(study: optuna.Study, metric: str, n: int = 5) -> list[str]:
+    """The book's listing: `Best-1 (val acc:0.83) | lr:0.0092, weight decay:3.86e-07`."""
+    label = METRIC_LABELS.get(metric, metric)
+    lines = []
+    for rank, trial in enumerate(ranked_trials(study)[:n], start=1):
+        settings = ", ".join(
+            f"{DISPLAY_NAMES.get(name, name)}:{fmt(value)}" for name, value in trial.params.items()
+        )
+        lines.append(f"Best-{rank} ({label}:{fmt(trial.value)}) | {settings}")
+    return lines
+
+
+@dataclass(frozen=True)
+class StudyStatus:
+    name: str
+    counts: dict[str, int]
+    best_value: float | None
+    best_params: dict[str, Any]
+    best_number: int | None
+
+    @property
+    def finished(self) -> int:
+        return self.counts.get("COMPLETE", 0) + self.counts.get("PRUNED", 0)
+
+
+def study_status(study: optuna.Study) -> StudyStatus:
+    trials = study.get_trials(deepcopy=False)
+    counts = Counter(t.state.name for t in trials)
+    ranked = ranked_trials(study)
+    best = ranked[0] if ranked else None
+    return StudyStatus(
+        name=study.study_name,
+        counts=dict(counts),
+        best_value=best.value if best else None,
+        best_params=dict(best.params) if best else {},
+        best_number=best.number if best else None,
+    )
+
+
+def status_line(status: StudyStatus, n_trials: int | None = None) -> str:
+    c = status.counts
+    budget = f"/{n_trials}" if n_trials else ""
+    parts = [
+        f"{status.finished}{budget} finished",
+        f"{c.get('COMPLETE', 0)} complete",
+        f"{c.get('PRUNED', 0)} pruned",
+        f"{c.get('FAIL', 0)} failed",
+        f"{c.get('RUNNING', 0)} running",
+    ]
+    if c.get("WAITING"):
+        parts.append(f"{c['WAITING']} waiting")
+    best = "no completed trial yet"
+    if status.best_value is not None:
+        params = ", ".join(f"{k}={fmt(v)}" for k, v in status.best_params.items())
+        best = f"best {fmt(status.best_value)} (trial {status.best_number}: {params})"
+    return f"{status.name}: {', '.join(parts)}; {best}"
+
+
+def export_rows(study: optuna.Study) -> list[dict[str, Any]]:
+    """One flat row per trial: number, state, value, every parameter, epochs, duration, seed."""
+    names: list[str] = []
+    for trial in study.get_trials(deepcopy=False):
+        names += [n for n in trial.params if n not in names]
+    rows = []
+    for trial in study.get_trials(deepcopy=False):
+        history = trial.user_attrs.get("history") or {}
+        duration = trial.duration.total_seconds() if trial.duration is not None else None
+        diverged = trial.user_attrs.get("diverged")
+        row: dict[str, Any] = {
+            "number": trial.number,
+            "state": trial.state.name,
+            "value": trial.value,
+            **{f"param_{n}": trial.params.get(n) for n in names},
+            "epochs_trained": len(history.get("val_acc", [])),
+            "duration_s": duration,
+            "seed": trial.user_attrs.get("seed"),
+            "diverged_epoch": diverged.get("epoch") if diverged else None,
+            "error": trial.user_attrs.get("error"),
+        }
+        rows.append(row)
+    return rows

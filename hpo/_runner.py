@@ -1,0 +1,216 @@
+"""One worker's loop over a study: claim a trial, run it with a heartbeat, tell how it ended.
+
+The one place that decides how a trial ends: the objective returns a value or raises
+`TrialPruned`; anything else fails that trial (its message kept) and the study goes on.
+
+The budget is exact. A trial is claimed only while finished (complete or pruned) plus running
+trials stay below `n_trials`, counted and claimed under the storage lock, so several workers
+never overshoot as Optuna's `MaxTrialsCallback` does. When the rest of the budget is held by
+other workers' running trials, a worker waits instead of leaving: one of those trials may
+fail, or go stale because its worker died, and then it is retried here.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from types import TracebackType
+
+import optuna
+from optuna.trial import TrialState
+
+from ._locks import StorageLock
+from ._storage import StorageSettings, count_trials, orphaned_trial_ids
+from ._studies import JoinedStudy
+
+logger = logging.getLogger(__name__)
+
+FINISHED = ("COMPLETE", "PRUNED")
+Objective = Callable[[optuna.Trial], float]
+TrialListener = Callable[[optuna.trial.FrozenTrial], None]
+
+
+@dataclass
+class WorkerResult:
+    """What one worker did in one invocation."""
+
+    complete: int = 0
+    pruned: int = 0
+    failed: int = 0
+    stopped_by: str = "budget"  # "budget", "timeout", "failures" or "interrupt"
+    errors: list[str] = field(default_factory=list)
+
+    @property
+    def trials(self) -> int:
+        return self.complete + self.pruned + self.failed
+
+
+class _Heartbeat:
+    """Records the trial's heartbeat now and then every `interval` s from a thread.
+
+    A missed beat (the database briefly unreachable) is logged and retried at the next one;
+    the trial only goes stale after `grace_period` s without any.
+    """
+
+    def __init__(self, storage: optuna.storages.RDBStorage, trial_id: int, interval: float):
+        self.storage, self.trial_id, self.interval = storage, trial_id, interval
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._beat, name="hpo-heartbeat", daemon=True)
+
+    def __enter__(self) -> _Heartbeat:
+        self._thread.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _beat(self) -> None:
+        while not self._stop.wait(self.interval):
+            try:
+                self.storage.record_heartbeat(self.trial_id)
+            except Exception as error:  # a beat must never kill the worker
+                logger.warning("heartbeat of trial id %s failed: %s", self.trial_id, error)
+
+
+class Worker:
+    """Runs trials of one study until its budget is spent, time is up, or it is interrupted."""
+
+    def __init__(
+        self,
+        joined: JoinedStudy,
+        settings: StorageSettings,
+        objective: Objective,
+        *,
+        n_trials: int,
+        timeout: float | None = None,
+        on_trial_end: TrialListener | None = None,
+        poll_interval: float = 1.0,
+        max_consecutive_failures: int = 10,
+    ) -> None:
+        self.joined = joined
+        self.settings = settings
+        self.objective = objective
+        self.n_trials = n_trials
+        self.timeout = timeout
+        self.on_trial_end = on_trial_end
+        self.poll_interval = poll_interval
+        self.max_consecutive_failures = max_consecutive_failures
+        self._claims = StorageLock(settings, f"claim:{joined.study.study_name}")
+
+    @property
+    def study(self) -> optuna.Study:
+        return self.joined.study
+
+    def run(self) -> WorkerResult:
+        result = WorkerResult()
+        deadline = None if self.timeout is None else time.monotonic() + self.timeout
+        streak = 0
+        try:
+            while True:
+                trial = self._claim(deadline)
+                if trial is None:
+                    result.stopped_by = (
+                        "timeout"
+                        if deadline is not None and time.monotonic() >= deadline
+                        else "budget"
+                    )
+                    return result
+                failed_before = result.failed
+                self._run_trial(trial, result)
+                streak = streak + 1 if result.failed > failed_before else 0
+                if streak >= self.max_consecutive_failures:
+                    # Failed trials do not count towards the budget: a broken objective
+                    # would otherwise start trials forever.
+                    result.stopped_by = "failures"
+                    return result
+        except KeyboardInterrupt:
+            result.stopped_by = "interrupt"
+            raise
+        finally:
+            self._claims.close()
+
+    def counts(self) -> dict[str, int]:
+        return count_trials(self.joined.storage, self.joined.study_id)
+
+    def _claim(self, deadline: float | None) -> optuna.Trial | None:
+        """The next trial to run, or None once the budget is spent or the deadline passed."""
+        while deadline is None or time.monotonic() < deadline:
+            with self._claims:
+                self._fail_dead_workers_trials()
+                counts = self.counts()
+                finished = sum(counts.get(state, 0) for state in FINISHED)
+                if finished >= self.n_trials:
+                    return None
+                if finished + counts.get("RUNNING", 0) < self.n_trials:
+                    with warnings.catch_warnings():
+                        # Optuna warns that heartbeats are meant for Study.optimize; this loop
+                        # is our Study.optimize, with the heartbeat below.
+                        warnings.simplefilter("ignore", UserWarning)
+                        trial = self.study.ask()
+                    # The first beat inside the lock: a trial never goes without one for long.
+                    self.joined.storage.record_heartbeat(trial._trial_id)
+                    return trial
+            time.sleep(self.poll_interval)  # the rest of the budget is running elsewhere
+        return None
+
+    def _fail_dead_workers_trials(self) -> None:
+        """Fail trials whose worker died (stale heartbeat, or none at all) and retry them once.
+
+        Optuna does the stale part only when a worker starts a trial through Study.optimize; a
+        resuming run must do it too, or the last dead worker's trial would stay RUNNING.
+        """
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            optuna.storages.fail_stale_trials(self.study)
+        storage = self.joined.storage
+        retry = storage.get_heartbeat_stale_trial_callback()
+        for trial_id in orphaned_trial_ids(
+            storage, self.joined.study_id, self.settings.grace_period
+        ):
+            try:
+                if not storage.set_trial_state_values(trial_id, state=TrialState.FAIL):
+                    continue
+            except optuna.exceptions.UpdateFinishedTrialError:
+                continue
+            logger.warning("trial id %s never sent a heartbeat; failed it", trial_id)
+            if retry is not None:
+                retry(self.study, storage.get_trial(trial_id))
+
+    def _run_trial(self, trial: optuna.Trial, result: WorkerResult) -> None:
+        storage = self.joined.storage
+        state, value = TrialState.FAIL, None
+        try:
+            with _Heartbeat(storage, trial._trial_id, self.settings.heartbeat_interval):
+                value = self.objective(trial)
+            state = TrialState.COMPLETE
+        except optuna.TrialPruned:
+            state = TrialState.PRUNED
+        except KeyboardInterrupt:
+            self.study.tell(trial, state=TrialState.FAIL)
+            raise
+        except Exception as error:  # one failed trial must not end the study
+            message = f"trial {trial.number} failed: {type(error).__name__}: {error}"
+            logger.warning(message)
+            result.errors.append(message)
+        if state == TrialState.COMPLETE:
+            frozen = self.study.tell(trial, value)  # a NaN value makes Optuna fail the trial
+        else:
+            frozen = self.study.tell(trial, state=state)
+        if frozen.state == TrialState.COMPLETE:
+            result.complete += 1
+        elif frozen.state == TrialState.PRUNED:
+            result.pruned += 1
+        else:
+            result.failed += 1
+        if self.on_trial_end is not None:
+            self.on_trial_end(frozen)

@@ -1,0 +1,194 @@
+"""Creating, checking and joining studies in a storage.
+
+The schema and the study are created once, under the storage lock, before any worker runs a
+trial. A study remembers what it was created from (the study file's text and a fingerprint of
+everything that defines its trials), so a later run of a changed file is refused with the
+differences named instead of silently mixing two searches in one study.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import tomllib
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import optuna
+
+from ._errors import ConfigError
+from ._locks import StorageLock
+from ._seeds import derive_seed
+from ._storage import StorageSettings, open_storage
+from ._studyfile import StudySpec, parse_study
+
+logger = logging.getLogger(__name__)
+
+SPEC_ATTR = "hpo:spec"
+FINGERPRINT_ATTR = "hpo:fingerprint"
+WORKERS_ATTR = "hpo:workers_joined"
+SAMPLER_STREAM = 3  # per-worker sampler seeds: derive_seed(study_seed, SAMPLER_STREAM, index)
+
+
+def fingerprint(spec: StudySpec) -> dict[str, Any]:
+    """Everything that decides what a trial of this study trains and how it is scored.
+
+    The data directory is left out: the same data may sit in different places on different
+    machines. Budget, timeout, sampler and pruner may change between runs of one study.
+    """
+    data = dataclasses.asdict(spec.data)
+    data.pop("data_dir", None)
+    base = {f.name: getattr(spec.base, f.name) for f in dataclasses.fields(spec.base) if f.init}
+    base["hidden_size_list"] = list(base["hidden_size_list"])
+    space = {
+        name: json.loads(optuna.distributions.distribution_to_json(distribution))
+        for name, distribution in spec.space.distributions().items()
+    }
+    conditions = {p.name: {k: list(v) for k, v in p.when.items()} for p in spec.space.params}
+    return {
+        "metric": spec.study.metric,
+        "direction": spec.study.direction,
+        "seed": spec.study.seed,
+        "data": data,
+        "fixed": base,
+        "space": space,
+        "conditions": {k: v for k, v in conditions.items() if v},
+    }
+
+
+def _differences(stored: dict[str, Any], current: dict[str, Any], prefix: str = "") -> list[str]:
+    found = []
+    for key in sorted(set(stored) | set(current)):
+        a, b = stored.get(key, "<absent>"), current.get(key, "<absent>")
+        if isinstance(a, dict) and isinstance(b, dict):
+            found += _differences(a, b, f"{prefix}{key}.")
+        elif a != b:
+            found.append(f"{prefix}{key}: the study has {a!r}, the file has {b!r}")
+    return found
+
+
+@dataclass
+class JoinedStudy:
+    """A worker's handle on a study: the study object, its storage and the worker's index."""
+
+    study: optuna.Study
+    storage: optuna.storages.RDBStorage
+    study_id: int
+    worker_index: int
+
+
+def prepare_study(settings: StorageSettings, spec: StudySpec) -> bool:
+    """Create the schema and the study if they do not exist; True if the study is new.
+
+    An existing study must have been made from an equivalent file (see `fingerprint`).
+    """
+    name = spec.study.name
+    with StorageLock(settings, "setup"):
+        storage = open_storage(settings)
+        try:
+            try:
+                study_id = storage.get_study_id_from_name(name)
+            except KeyError:
+                _create(storage, spec)
+                return True
+            stored = storage.get_study_user_attrs(study_id).get(FINGERPRINT_ATTR)
+            if stored is None:
+                raise ConfigError(
+                    f"a study named {name!r} exists in {settings.redacted()} but was not "
+                    "created by hpo; choose another name with --study-name",
+                    key="study.name",
+                )
+            differences = _differences(stored, fingerprint(spec))
+            if differences:
+                raise ConfigError(
+                    f"the study {name!r} in {settings.redacted()} was created from a different "
+                    f"definition ({'; '.join(differences)}); run it under a new name with "
+                    "--study-name, or restore the original settings",
+                    source=str(spec.path) if spec.path else None,
+                )
+            return False
+        finally:
+            storage.engine.dispose()
+
+
+def _create(storage: optuna.storages.RDBStorage, spec: StudySpec) -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        study = optuna.create_study(
+            storage=storage, study_name=spec.study.name, direction=spec.study.direction
+        )
+    study.set_user_attr(
+        SPEC_ATTR,
+        {
+            "source_text": spec.source_text,
+            "path": str(spec.path) if spec.path else None,
+            # Flags can override the file; these two define the trials, so keep them.
+            "name": spec.study.name,
+            "seed": spec.study.seed,
+        },
+    )
+    study.set_user_attr(FINGERPRINT_ATTR, fingerprint(spec))
+    study.set_user_attr(WORKERS_ATTR, 0)
+    logger.info("created study %r", spec.study.name)
+
+
+def join_study(
+    settings: StorageSettings, spec: StudySpec, *, worker_index: int | None = None
+) -> JoinedStudy:
+    """Open a prepared study as one worker, with that worker's own sampler seed.
+
+    Workers that `hpo run --workers N` starts get indices 0..N-1; a worker that joins on its
+    own (another terminal, another machine) takes the next free index from a counter kept in
+    the study, so no two workers draw the same startup trials.
+    """
+    storage = open_storage(settings)
+    name = spec.study.name
+    try:
+        study_id = storage.get_study_id_from_name(name)
+    except KeyError:
+        raise ConfigError(f"no study named {name!r} in {settings.redacted()}") from None
+    if worker_index is None:
+        with StorageLock(settings, "setup"):
+            worker_index = int(storage.get_study_user_attrs(study_id).get(WORKERS_ATTR, 0))
+            storage.set_study_user_attr(study_id, WORKERS_ATTR, worker_index + 1)
+    sampler_seed = derive_seed(spec.study.seed, SAMPLER_STREAM, worker_index)
+    study = optuna.load_study(
+        study_name=name,
+        storage=storage,
+        sampler=spec.sampler.build(seed=sampler_seed),
+        pruner=spec.pruner.build(epochs=spec.base.epochs),
+    )
+    return JoinedStudy(study, storage, study_id, worker_index)
+
+
+def load_existing_study(settings: StorageSettings, name: str) -> optuna.Study:
+    """A study for reading (status, export, replay); a missing name lists the ones there are."""
+    storage = open_storage(settings, heartbeat=False)
+    try:
+        return optuna.load_study(study_name=name, storage=storage)
+    except KeyError:
+        names = sorted(s.study_name for s in optuna.get_all_study_summaries(storage))
+        there = f"studies there: {', '.join(names)}" if names else "it holds no studies"
+        raise ConfigError(f"no study named {name!r} in {settings.redacted()}; {there}") from None
+
+
+def stored_spec(study: optuna.Study) -> StudySpec:
+    """The definition a study was created from, parsed again from its stored text.
+
+    The data directory follows the current environment, as for any study file.
+    """
+    stored = study.user_attrs.get(SPEC_ATTR)
+    if not stored:
+        raise ConfigError(f"study {study.study_name!r} was not created by hpo run")
+    path = Path(stored["path"]) if stored.get("path") else None
+    document = tomllib.loads(stored["source_text"])
+    spec = parse_study(
+        document,
+        source=f"the stored definition of {study.study_name!r}",
+        base_dir=path.parent if path else None,
+        source_text=stored["source_text"],
+    )
+    return spec.with_overrides(study_name=stored["name"], seed=stored["seed"])

@@ -1,0 +1,330 @@
+"""Study files: TOML in, a frozen and fully validated `StudySpec` out, before anything runs.
+
+Every mistake is a `ConfigError` naming the file, the key ("search.lr.low"), the value and
+what is allowed. The format is documented, key by key, in `studies/README.md`. Environment
+variables are read here and nowhere below: `HPO_DATA_DIR` picks the IDX data directory.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from trainer.data import DATASETS
+
+from ._config import DataConfig, TrainConfig
+from ._data import DATA_DIR_ENV, default_data_dir
+from ._errors import ConfigError
+from ._keys import (
+    MODEL_KEYS,
+    SECTION_KEYS,
+    SECTIONS,
+    SETTING_KINDS,
+    VIRTUAL_KEYS,
+    check_kind,
+    is_int,
+    is_number,
+    section_of,
+    setting_error,
+    toml_repr,
+)
+from ._samplers import PRUNERS, SAMPLERS, PrunerSpec, SamplerSpec
+from ._searchfile import hidden_sizes, parse_search
+from ._space import SearchSpace
+
+# The metric each trial returns, and the direction that improves it.
+METRICS: dict[str, str] = {"val_acc": "maximize", "val_loss": "minimize"}
+IDX_DATASETS: tuple[str, ...] = ("mnist", "fashion-mnist", "kmnist")
+DEFAULT_SAMPLER, DEFAULT_PRUNER = "tpe", "none"
+
+
+@dataclass(frozen=True)
+class StudySettings:
+    """The `[study]` section: what is optimised, how many trials, and the one seed."""
+
+    name: str
+    metric: str = "val_acc"
+    direction: str = "maximize"
+    n_trials: int = 100
+    timeout: float | None = None
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not self.name.strip():
+            raise ConfigError(
+                f"must be a non-empty string, but got {toml_repr(self.name)}", key="study.name"
+            )
+        if self.metric not in METRICS:
+            raise ConfigError(
+                f"must be one of {', '.join(map(toml_repr, METRICS))}, but got "
+                f"{toml_repr(self.metric)}",
+                key="study.metric",
+            )
+        if self.direction != METRICS[self.metric]:
+            raise ConfigError(
+                f"metric {toml_repr(self.metric)} is to {METRICS[self.metric]}, but got "
+                f"direction = {toml_repr(self.direction)}; remove direction (it follows from "
+                "metric) or make it agree",
+                key="study.direction",
+            )
+        if not is_int(self.n_trials) or self.n_trials < 1:
+            raise ConfigError(
+                "must be a positive integer (finished trials, complete or pruned), but got "
+                f"{toml_repr(self.n_trials)}",
+                key="study.n_trials",
+            )
+        if self.timeout is not None:
+            if not is_number(self.timeout) or self.timeout <= 0:
+                raise ConfigError(
+                    f"must be a number of seconds > 0, but got {toml_repr(self.timeout)}",
+                    key="study.timeout",
+                )
+            object.__setattr__(self, "timeout", float(self.timeout))
+        if not is_int(self.seed) or self.seed < 0:
+            raise ConfigError(
+                f"must be an integer >= 0, but got {toml_repr(self.seed)}", key="study.seed"
+            )
+
+
+@dataclass(frozen=True, repr=False)
+class StudySpec:
+    """A whole study file, validated: everything `hpo run` needs except the storage."""
+
+    path: Path | None
+    source_text: str
+    study: StudySettings
+    data: DataConfig
+    base: TrainConfig
+    space: SearchSpace
+    sampler: SamplerSpec
+    pruner: PrunerSpec
+
+    def with_overrides(
+        self,
+        *,
+        study_name: str | None = None,
+        sampler: str | None = None,
+        pruner: str | None = None,
+        n_trials: int | None = None,
+        seed: int | None = None,
+        timeout: float | None = None,
+    ) -> StudySpec:
+        """This spec with command-line overrides, validated as the file is.
+
+        A sampler or pruner named here gets that name's default options: the file's options
+        were written for the file's choice, and apply only if the name is unchanged.
+        """
+        changes = {
+            "name": study_name,
+            "n_trials": n_trials,
+            "seed": seed,
+            "timeout": timeout,
+        }
+        try:
+            study = dataclasses.replace(
+                self.study, **{k: v for k, v in changes.items() if v is not None}
+            )
+            new_sampler = self.sampler
+            if sampler is not None and sampler != self.sampler.name:
+                new_sampler = SamplerSpec(sampler)
+            new_pruner = self.pruner
+            if pruner is not None and pruner != self.pruner.name:
+                new_pruner = PrunerSpec(pruner).for_epochs(self.base.epochs)
+        except ConfigError as error:
+            raise ConfigError(error.message, key=error.key, source="override") from None
+        return dataclasses.replace(self, study=study, sampler=new_sampler, pruner=new_pruner)
+
+    def __repr__(self) -> str:
+        return (
+            f"StudySpec({self.study.name!r}, path={str(self.path) if self.path else None!r}, "
+            f"{self.study.metric} ({self.study.direction}), n_trials={self.study.n_trials}, "
+            f"seed={self.study.seed}, dataset={self.data.dataset!r}, "
+            f"searching [{', '.join(self.space.names())}], {self.sampler!r}, {self.pruner!r})"
+        )
+
+
+def load_study_file(
+    path: str | os.PathLike[str], *, environ: Mapping[str, str] | None = None
+) -> StudySpec:
+    """Read and validate the study file at `path`; nothing is loaded or run."""
+    source = os.fspath(path)
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as error:
+        raise ConfigError(f"cannot read the study file: {error}", source=source) from None
+    try:
+        document = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as error:
+        raise ConfigError(f"invalid TOML: {error}", source=source) from None
+    absolute = Path(os.path.abspath(path))
+    spec = parse_study(
+        document, source=source, base_dir=absolute.parent, environ=environ, source_text=text
+    )
+    return dataclasses.replace(spec, path=absolute)
+
+
+def parse_study(
+    document: Mapping[str, Any],
+    *,
+    source: str,
+    base_dir: Path | None = None,
+    environ: Mapping[str, str] | None = None,
+    source_text: str = "",
+) -> StudySpec:
+    """Validate a parsed study file; `source` names it in errors and gives the default name.
+
+    Relative paths resolve against `base_dir` (the file's directory); `environ` (default:
+    os.environ) is read only for HPO_DATA_DIR.
+    """
+    environ = os.environ if environ is None else environ
+    try:
+        return _parse(document, source, base_dir, environ, source_text)
+    except ConfigError as error:
+        raise ConfigError(error.message, key=error.key, source=source) from None
+
+
+def _tables(document: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    tables: dict[str, dict[str, Any]] = {name: {} for name in SECTIONS}
+    for name, value in document.items():
+        if name not in SECTIONS:
+            home = section_of(name)
+            hint = f"{name} belongs in [{home}]" if home else f"unknown section [{name}]"
+            raise ConfigError(
+                f"{hint}; the sections are {', '.join(f'[{s}]' for s in SECTIONS)}", key=name
+            )
+        if not isinstance(value, dict):
+            raise ConfigError(f"must be a section [{name}], but got {toml_repr(value)}", key=name)
+        tables[name] = dict(value)
+    for name, keys in SECTION_KEYS.items():
+        for key in tables[name]:
+            if key not in keys:
+                home = section_of(key)
+                hint = (
+                    f"{key} belongs in [{home}], not [{name}]"
+                    if home
+                    else f"unknown key {key!r}; the keys of [{name}] are {', '.join(keys)}"
+                )
+                raise ConfigError(hint, key=f"{name}.{key}")
+            check_kind(tables[name][key], keys[key], key=f"{name}.{key}")
+    return tables
+
+
+def _parse(
+    document: Mapping[str, Any],
+    source: str,
+    base_dir: Path | None,
+    environ: Mapping[str, str],
+    source_text: str,
+) -> StudySpec:
+    tables = _tables(document)
+    study = tables["study"]
+    metric = study.get("metric", "val_acc")
+    settings = StudySettings(
+        name=study.get("name", Path(source).stem),
+        metric=metric,
+        direction=study.get("direction", METRICS.get(metric, "maximize")),
+        n_trials=study.get("n_trials", 100),
+        timeout=study.get("timeout"),
+        seed=study.get("seed", 0),
+    )
+    data = _data_config(tables["data"], base_dir, environ)
+    fixed = {
+        name: (section, value)
+        for section in ("model", "train")
+        for name, value in tables[section].items()
+    }
+    for name, (section, value) in fixed.items():
+        error = setting_error(name, value) if name != "hidden_size_list" else None
+        if error is not None:
+            raise ConfigError(error, key=f"{section}.{name}")
+    search = tables["search"]
+    hidden = hidden_sizes(fixed, set(search))
+    values = {k: v for k, (_, v) in fixed.items() if k not in VIRTUAL_KEYS}
+    if hidden is not None:
+        values["hidden_size_list"] = hidden
+    base = _train_config(values)
+    space = parse_search(search, fixed=fixed, base=base)
+    return StudySpec(
+        path=None,
+        source_text=source_text,
+        study=settings,
+        data=data,
+        base=base,
+        space=space,
+        sampler=SamplerSpec(*_named(tables["sampler"], "sampler", DEFAULT_SAMPLER)),
+        pruner=PrunerSpec(*_named(tables["pruner"], "pruner", DEFAULT_PRUNER)).for_epochs(
+            base.epochs
+        ),
+    )
+
+
+def _named(table: Mapping[str, Any], what: str, default: str) -> tuple[str, dict[str, Any]]:
+    """[sampler] or [pruner] as (name, options); a key of another section is named as such."""
+    options = {k: v for k, v in table.items() if k != "name"}
+    registry = SAMPLERS if what == "sampler" else PRUNERS
+    name = table.get("name", default)
+    for key in options:
+        home = section_of(key)
+        entry = registry.get(name)
+        if home and key != "seed" and entry is not None and key not in entry.options:
+            raise ConfigError(f"{key} belongs in [{home}], not [{what}]", key=f"{what}.{key}")
+    return name, options
+
+
+def _train_config(values: Mapping[str, Any]) -> TrainConfig:
+    try:
+        return TrainConfig(**values)
+    except ConfigError as error:
+        # Architecture errors come from the trainer without a key, as "<name> must be ...".
+        match = re.match(r"\w+", error.message)
+        name = error.key or (match.group(0) if match else "")
+        section = "model" if name in MODEL_KEYS else "train"
+        key = f"{section}.{name}" if name in SETTING_KINDS else section
+        raise ConfigError(error.message, key=key) from None
+
+
+def _data_config(
+    table: Mapping[str, Any], base_dir: Path | None, environ: Mapping[str, str]
+) -> DataConfig:
+    values = dict(table)
+    dataset = values.get("dataset", "digits")
+    for key, applies in (
+        ("data_dir", dataset in IDX_DATASETS),
+        ("path", dataset == "npz"),
+        ("x_key", dataset == "npz"),
+        ("y_key", dataset == "npz"),
+    ):
+        if key in values and not applies and dataset in DATASETS:
+            used = "the IDX datasets " + ", ".join(IDX_DATASETS) if key == "data_dir" else "npz"
+            raise ConfigError(
+                f"{key} applies only to {used}, not to dataset = {toml_repr(dataset)}",
+                key=f"data.{key}",
+            )
+    if dataset in IDX_DATASETS:
+        root = environ.get(DATA_DIR_ENV)
+        if root or "data_dir" not in values:
+            # $HPO_DATA_DIR/<dataset> overrides the file, so one machine's layout needs no edit.
+            values["data_dir"] = str(
+                default_data_dir(dataset, {DATA_DIR_ENV: root} if root else {})
+            )
+        else:
+            values["data_dir"] = str(_resolve(values["data_dir"], base_dir))
+    if dataset == "npz" and "path" in values:
+        values["path"] = str(_resolve(values["path"], base_dir))
+    try:
+        return DataConfig(**values)
+    except ConfigError as error:
+        raise ConfigError(
+            error.message, key=f"data.{error.key}" if error.key else "data"
+        ) from None
+
+
+def _resolve(path: str, base_dir: Path | None) -> Path:
+    expanded = Path(path).expanduser()
+    return base_dir / expanded if base_dir is not None and not expanded.is_absolute() else expanded
