@@ -33,6 +33,8 @@ def trial_seed(trial: optuna.trial.BaseTrial, study_seed: int) -> int:
     A seed already in the trial's user attributes wins: a trial enqueued to reproduce another
     carries its seed, and Optuna's retry of a trial whose worker died copies the original's
     user attributes, seed included. Otherwise it derives from the study seed and the number.
+    (A worker killed in the milliseconds between claiming a trial and recording its seed
+    trained nothing; the retry then gets the same parameters and a seed of its own.)
     """
     fixed = trial.user_attrs.get("seed")
     if fixed is not None:

@@ -101,7 +101,13 @@ def resolve_storage(flag: str | None, environ: Mapping[str, str] | None = None) 
             "or live trials would be declared stale",
             key="HPO_GRACE_PERIOD",
         )
-    return StorageSettings(url=url, heartbeat_interval=interval, grace_period=grace)
+    settings = StorageSettings(url=url, heartbeat_interval=interval, grace_period=grace)
+    if settings.sqlite_path is not None and not settings.sqlite_path.parent.is_dir():
+        raise StorageUnavailable(
+            f"{settings.redacted()}: the directory {settings.sqlite_path.parent} does not exist",
+            key="storage",
+        )
+    return settings
 
 
 def _positive_seconds(environ: Mapping[str, str], name: str, default: int) -> int:
@@ -150,11 +156,6 @@ def open_storage(
     and retried once, with the same parameters (and, through its copied user attributes, the
     same seed).
     """
-    if settings.sqlite_path is not None and not settings.sqlite_path.parent.is_dir():
-        raise StorageUnavailable(
-            f"{settings.redacted()}: the directory {settings.sqlite_path.parent} does not exist",
-            key="storage",
-        )
     kwargs: dict[str, Any] = {}
     if heartbeat:
         with warnings.catch_warnings():
