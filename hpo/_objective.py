@@ -13,11 +13,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import optuna
+from optuna.trial import TrialState
 
 from trainer import EpochMetrics, TrainingDiverged, train
 from trainer.data import DataSplits
 
 from ._config import TrainConfig
+from ._pruning import PruningMirror
 from ._seeds import INIT_STREAM, SHUFFLE_STREAM, derive_seed
 from ._studyfile import StudySpec
 
@@ -36,12 +38,23 @@ def trial_seed(trial: optuna.trial.BaseTrial, study_seed: int) -> int:
     (A worker killed in the milliseconds between claiming a trial and recording its seed
     trained nothing; the retry then gets the same parameters and a seed of its own.)
     """
-    fixed = trial.user_attrs.get("seed")
+    fixed = _initial_user_attrs(trial).get("seed")
     if fixed is not None:
         return int(fixed)
     seed = derive_seed(study_seed, TRIAL_STREAM, trial.number)
     trial.set_user_attr("seed", seed)
     return seed
+
+
+def _initial_user_attrs(trial: optuna.trial.BaseTrial) -> dict[str, Any]:
+    """The user attributes the trial started with.
+
+    A live `optuna.Trial` holds the trial as it was when claimed (`_cached_frozen_trial`,
+    private to Optuna); reading that spares a database query per trial. Anything else (a
+    FixedTrial, or an Optuna that renamed the attribute) is asked the public way.
+    """
+    cached = getattr(trial, "_cached_frozen_trial", None)
+    return cached.user_attrs if cached is not None else trial.user_attrs
 
 
 @dataclass
@@ -63,10 +76,9 @@ class Objective:
 
     The data comes split: only the training and validation sets are used here; the test
     split stays inside `splits` for whoever asks for it by name, which this class never does.
-    `listeners` hear every epoch (tracking hooks in later layers). The pruner hears only what
-    it decides on (`PrunerSpec.report_epochs`: its decision epochs, and for the median rule
-    the best epoch so far), since every `trial.report` is a committed transaction; it prunes
-    exactly as if every epoch had been reported.
+    `listeners` hear every epoch (tracking hooks in later layers). With a `mirror` (see
+    `hpo._pruning`), pruning is decided in memory and nothing is reported to the storage but
+    a pruned trial's last value; without one, every epoch is reported to the trial.
     """
 
     def __init__(
@@ -75,11 +87,14 @@ class Objective:
         splits: DataSplits,
         *,
         listeners: tuple[EpochListener, ...] = (),
+        mirror: PruningMirror | None = None,
     ) -> None:
         self.spec = spec
         self.splits = splits
         self.listeners = listeners
-        self.prune = bool(spec.pruner.decision_epochs(spec.base.epochs))
+        self.mirror = mirror
+        self.decision_epochs = spec.pruner.decision_epochs(spec.base.epochs)
+        self.prune = bool(self.decision_epochs)
         self.metric = spec.study.metric
 
     def config_for(self, trial: optuna.trial.BaseTrial) -> TrainConfig:
@@ -90,31 +105,45 @@ class Objective:
         seed = trial_seed(trial, self.spec.study.seed)
         history = EpochHistory()
 
+        session = self.mirror.begin(trial) if self.mirror is not None and self.prune else None
+
         def on_epoch_end(epoch: int, metrics: EpochMetrics) -> None:
             history.append(metrics)
             for listener in self.listeners:
                 listener(trial, epoch, metrics)
             if not self.prune:
                 return
-            values = history.columns[self.metric]
-            steps = self.spec.pruner.report_epochs(values, direction=self.spec.study.direction)
-            for step in steps:
-                trial.report(values[step - 1], step)
-            if steps and trial.should_prune():
+            value = getattr(metrics, self.metric)
+            if session is not None:
+                decide = epoch in self.decision_epochs
+                if session.should_prune(epoch, value, decide=decide):
+                    trial.report(value, epoch)  # the one report: a pruned trial keeps a value
+                    raise optuna.TrialPruned(f"pruned at epoch {epoch}")
+                return
+            # No mirror (an in-memory study, where reports cost nothing): Optuna's own way.
+            trial.report(value, epoch)
+            if trial.should_prune():
                 raise optuna.TrialPruned(f"pruned at epoch {epoch}")
 
+        state, final = TrialState.FAIL, None
         try:
             final = self._train(config, seed, on_epoch_end)
+            state = TrialState.COMPLETE
         except TrainingDiverged as diverged:
+            state = TrialState.PRUNED
             trial.set_user_attr("diverged", {"epoch": diverged.epoch, "reason": diverged.reason})
             raise optuna.TrialPruned(str(diverged)) from None
         except optuna.TrialPruned:
+            state = TrialState.PRUNED
             raise
         except Exception as error:
             trial.set_user_attr("error", f"{type(error).__name__}: {error}")
             raise
         finally:
             trial.set_user_attr("history", history.columns)
+            if session is not None:
+                value = getattr(final, self.metric) if final is not None else None
+                session.finish(state, value)
         return getattr(final, self.metric)
 
     def _train(

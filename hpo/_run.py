@@ -15,9 +15,10 @@ import optuna
 
 from ._data import load_splits
 from ._objective import Objective
+from ._pruning import PruningMirror
 from ._runner import Worker, WorkerResult
 from ._storage import StorageSettings, count_trials
-from ._studies import join_study
+from ._studies import JoinedStudy, join_study
 from ._studyfile import StudySpec
 
 logger = logging.getLogger(__name__)
@@ -39,6 +40,14 @@ def _finished(counts: dict[str, int]) -> int:
     return counts.get("COMPLETE", 0) + counts.get("PRUNED", 0)
 
 
+def pruning_mirror(joined: JoinedStudy, spec: StudySpec) -> PruningMirror | None:
+    """The in-memory pruning mirror a worker needs, if its study prunes at all."""
+    if not spec.pruner.decision_epochs(spec.base.epochs):
+        return None
+    pruner = spec.pruner.build(epochs=spec.base.epochs)
+    return PruningMirror(joined.study, pruner, spec.study.metric)
+
+
 def run_in_process(
     spec: StudySpec,
     settings: StorageSettings,
@@ -48,28 +57,17 @@ def run_in_process(
     """One worker in this process: load the data once, then run trials until done."""
     joined = join_study(settings, spec)
     splits = load_splits(spec.data, seed=spec.study.seed)
-    objective = Objective(spec, splits)
-    best: list[float | None] = [None]
-
-    def on_trial_end(trial: optuna.trial.FrozenTrial) -> None:
-        if progress is None:
-            return
-        try:
-            best[0] = joined.study.best_value
-        except ValueError:  # no completed trial yet
-            best[0] = None
-        progress(_finished(count_trials(joined.storage, joined.study_id)), best[0])
-
+    objective = Objective(spec, splits, mirror=pruning_mirror(joined, spec))
+    tracker = _ProgressTracker(joined, progress)
     worker = Worker(
         joined,
         settings,
         objective,
         n_trials=spec.study.n_trials,
         timeout=spec.study.timeout,
-        on_trial_end=on_trial_end,
+        on_trial_end=tracker.trial_ended,
     )
-    if progress is not None:
-        progress(_finished(worker.counts()), None)
+    tracker.refresh()
     try:
         result: WorkerResult = worker.run()
     except KeyboardInterrupt:
@@ -134,6 +132,40 @@ def run_worker_processes(
     interrupted = interrupted or any(code == 130 for code in codes)
     failures = sum(1 for code in codes if code not in (0, 130))
     return RunOutcome(finished, interrupted=interrupted, worker_failures=failures)
+
+
+class _ProgressTracker:
+    """Feeds the progress bar without a query per trial: the worker's own trials are counted
+    as they end, the storage (other workers' trials) is read at most once a second."""
+
+    def __init__(self, joined: JoinedStudy, progress: ProgressCallback | None) -> None:
+        self.joined, self.progress = joined, progress
+        self.finished, self.best = 0, None
+        self._next_refresh = 0.0
+
+    def refresh(self) -> None:
+        if self.progress is None:
+            return
+        self.finished = _finished(count_trials(self.joined.storage, self.joined.study_id))
+        self.best = _best(self.joined.study)
+        self._next_refresh = time.monotonic() + 1.0
+        self.progress(self.finished, self.best)
+
+    def trial_ended(self, trial: optuna.trial.FrozenTrial) -> None:
+        if self.progress is None:
+            return
+        if time.monotonic() >= self._next_refresh:
+            self.refresh()
+            return
+        if trial.state.name in ("COMPLETE", "PRUNED"):
+            self.finished += 1
+        if trial.state.name == "COMPLETE" and trial.value is not None:
+            maximize = self.joined.study.direction == optuna.study.StudyDirection.MAXIMIZE
+            better = self.best is None or (
+                trial.value > self.best if maximize else trial.value < self.best
+            )
+            self.best = trial.value if better else self.best
+        self.progress(self.finished, self.best)
 
 
 def _best(study: optuna.Study) -> float | None:

@@ -50,10 +50,12 @@ class WorkerResult:
 
 
 class _Heartbeat:
-    """Records the trial's heartbeat now and then every `interval` s from a thread.
+    """Records the trial's heartbeat every `interval` s from a thread.
 
-    A missed beat (the database briefly unreachable) is logged and retried at the next one;
-    the trial only goes stale after `grace_period` s without any.
+    The first beat comes after one interval, so a trial shorter than that writes none: if its
+    worker dies, the sweep for trials that never beat (`orphaned_trial_ids`) fails it after
+    the same grace period. A missed beat (the database briefly unreachable) is logged and
+    retried at the next one.
     """
 
     def __init__(self, storage: optuna.storages.RDBStorage, trial_id: int, interval: float):
@@ -106,6 +108,7 @@ class Worker:
         self.poll_interval = poll_interval
         self.max_consecutive_failures = max_consecutive_failures
         self._claims = StorageLock(settings, f"claim:{joined.study.study_name}")
+        self._next_sweep = float("-inf")  # the first claim looks for dead workers' trials
 
     @property
     def study(self) -> optuna.Study:
@@ -144,9 +147,15 @@ class Worker:
 
     def _claim(self, deadline: float | None) -> optuna.Trial | None:
         """The next trial to run, or None once the budget is spent or the deadline passed."""
+        waiting = False
         while deadline is None or time.monotonic() < deadline:
             with self._claims:
-                self._fail_dead_workers_trials()
+                # A trial goes stale only after the grace period, so looking every half
+                # grace period (and whenever the budget is held by running trials) finds
+                # every one in time without costing each claim two more queries.
+                if waiting or time.monotonic() >= self._next_sweep:
+                    self._fail_dead_workers_trials()
+                    self._next_sweep = time.monotonic() + self.settings.grace_period / 2
                 counts = self.counts()
                 finished = sum(counts.get(state, 0) for state in FINISHED)
                 if finished >= self.n_trials:
@@ -156,10 +165,8 @@ class Worker:
                         # Optuna warns that heartbeats are meant for Study.optimize; this loop
                         # is our Study.optimize, with the heartbeat below.
                         warnings.simplefilter("ignore", UserWarning)
-                        trial = self.study.ask()
-                    # The first beat inside the lock: a trial never goes without one for long.
-                    self.joined.storage.record_heartbeat(trial._trial_id)
-                    return trial
+                        return self.study.ask()
+            waiting = True
             time.sleep(self.poll_interval)  # the rest of the budget is running elsewhere
         return None
 
