@@ -22,7 +22,7 @@ from types import TracebackType
 
 import sqlalchemy
 
-from ._storage import StorageSettings, engine_kwargs
+from ._storage import StorageSettings, StorageUnavailable, engine_kwargs, first_line
 
 _THREAD_LOCKS: dict[str, threading.Lock] = {}
 _POLL_S = 0.02
@@ -50,6 +50,7 @@ class StorageLock:
         self._engine: sqlalchemy.Engine | None = None
         self._connection: sqlalchemy.Connection | None = None
         self._file: int | None = None
+        self._connected_once = False
 
     def __enter__(self) -> StorageLock:
         deadline = time.monotonic() + self.timeout
@@ -88,10 +89,16 @@ class StorageLock:
         try:
             if self._connection is None:
                 self._connection = self._engine.connect()
+                self._connected_once = True
             acquired = self._connection.execute(statement, {"key": _key(self.name)}).scalar()
             self._connection.commit()
-        except sqlalchemy.exc.DBAPIError:
-            # A restarted or unreachable server: reconnect on the next try, until the timeout.
+        except sqlalchemy.exc.DBAPIError as error:
+            if not self._connected_once:  # never reached: a wrong URL or a server that is down
+                raise StorageUnavailable(
+                    f"cannot open {self.settings.redacted()}: {first_line(error)}",
+                    key="storage",
+                ) from None
+            # A restarted server: reconnect on the next try, until the timeout.
             if self._connection is not None:
                 self._connection.invalidate()
                 self._connection = None

@@ -175,14 +175,14 @@ def open_storage(
             )
     except (OperationalError, NoSuchModuleError) as error:
         raise StorageUnavailable(
-            f"cannot open {settings.redacted()}: {_first_line(error)}", key="storage"
+            f"cannot open {settings.redacted()}: {first_line(error)}", key="storage"
         ) from None
     if settings.backend == "sqlite":
         _tune_sqlite(storage.engine)
     return storage
 
 
-def _first_line(error: BaseException) -> str:
+def first_line(error: BaseException) -> str:
     text = str(getattr(error, "orig", None) or error)
     return text.strip().splitlines()[0] if text.strip() else type(error).__name__
 

@@ -204,6 +204,10 @@ def test_status_export_and_replay_after_a_run(storage_url, tiny_study_file, tmp_
         (["run", "{study}", "--workers", "0"], "--workers: must be at least 1"),
         (["run", "{study}", "--storage", "mysql://x@y/z"], "backend must be one of"),
         (["run", "{study}", "--storage", "sqlite:////no/such/dir/x.db"], "does not exist"),
+        (
+            ["run", "{study}", "--storage", "postgresql+psycopg://nobody@127.0.0.1:1/x"],
+            "cannot open postgresql+psycopg://nobody@127.0.0.1:1/x",
+        ),
     ],
 )
 def test_user_mistakes_exit_2_with_one_line(args, message, tmp_path, tiny_study_file):
@@ -211,7 +215,9 @@ def test_user_mistakes_exit_2_with_one_line(args, message, tmp_path, tiny_study_
     url = f"sqlite:///{tmp_path / 'db.sqlite'}"
     assert _run(["run", str(study_file), "--no-progress"], url, tmp_path).returncode == 0
     args = [a.replace("{study}", str(study_file)) for a in args]
+    started = time.monotonic()
     done = _run(args, url, tmp_path)
+    assert time.monotonic() - started < 10  # a mistake is reported at once
     assert done.returncode == 2, done.stderr
     assert message in done.stderr
     assert done.stderr.strip().count("\n") == 0, done.stderr
