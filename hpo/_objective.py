@@ -10,12 +10,12 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import optuna
 from optuna.trial import TrialState
 
-from trainer import EpochMetrics, TrainingDiverged, train
+from trainer import EpochMetrics, MultiLayerNet, TrainingDiverged, TrainingHistory, train
 from trainer.data import DataSplits
 
 from ._config import TrainConfig
@@ -26,7 +26,19 @@ from ._studyfile import StudySpec
 TRIAL_STREAM = 2  # per-trial seeds: derive_seed(study_seed, TRIAL_STREAM, trial_number)
 METRICS = ("train_loss", "train_acc", "val_loss", "val_acc")
 
-EpochListener = Callable[[optuna.trial.BaseTrial, int, EpochMetrics], None]
+
+class TrialObserver(Protocol):
+    """Something that follows trials as they run (the MLflow tracker, for one)."""
+
+    def trial_started(self, trial: optuna.trial.BaseTrial, seed: int) -> None: ...
+
+    def epoch_ended(
+        self, trial: optuna.trial.BaseTrial, epoch: int, metrics: EpochMetrics
+    ) -> None: ...
+
+    def trial_ending(self, trial: optuna.trial.BaseTrial) -> None:
+        """Last word before the runner tells Optuna how the trial ended (it can still write
+        to the trial)."""
 
 
 def trial_seed(trial: optuna.trial.BaseTrial, study_seed: int) -> int:
@@ -76,7 +88,7 @@ class Objective:
 
     The data comes split: only the training and validation sets are used here; the test
     split stays inside `splits` for whoever asks for it by name, which this class never does.
-    `listeners` hear every epoch (tracking hooks in later layers). With a `mirror` (see
+    `observers` follow the trial (see `TrialObserver`). With a `mirror` (see
     `hpo._pruning`), pruning is decided in memory and nothing is reported to the storage but
     a pruned trial's last value; without one, every epoch is reported to the trial.
     """
@@ -86,12 +98,12 @@ class Objective:
         spec: StudySpec,
         splits: DataSplits,
         *,
-        listeners: tuple[EpochListener, ...] = (),
+        observers: tuple[TrialObserver, ...] = (),
         mirror: PruningMirror | None = None,
     ) -> None:
         self.spec = spec
         self.splits = splits
-        self.listeners = listeners
+        self.observers = observers
         self.mirror = mirror
         self.decision_epochs = spec.pruner.decision_epochs(spec.base.epochs)
         self.prune = bool(self.decision_epochs)
@@ -104,13 +116,15 @@ class Objective:
         config = self.config_for(trial)
         seed = trial_seed(trial, self.spec.study.seed)
         history = EpochHistory()
+        for observer in self.observers:
+            observer.trial_started(trial, seed)
 
         session = self.mirror.begin(trial) if self.mirror is not None and self.prune else None
 
         def on_epoch_end(epoch: int, metrics: EpochMetrics) -> None:
             history.append(metrics)
-            for listener in self.listeners:
-                listener(trial, epoch, metrics)
+            for observer in self.observers:
+                observer.epoch_ended(trial, epoch, metrics)
             if not self.prune:
                 return
             value = getattr(metrics, self.metric)
@@ -141,6 +155,8 @@ class Objective:
             raise
         finally:
             trial.set_user_attr("history", history.columns)
+            for observer in self.observers:
+                observer.trial_ending(trial)
             if session is not None:
                 value = getattr(final, self.metric) if final is not None else None
                 session.finish(state, value)
@@ -149,23 +165,33 @@ class Objective:
     def _train(
         self, config: TrainConfig, seed: int, on_epoch_end: Callable[[int, EpochMetrics], None]
     ) -> EpochMetrics:
-        s = self.splits
-        network = config.build_network(
-            s.x_train.shape[1], s.n_classes, seed=derive_seed(seed, INIT_STREAM)
-        )
-        history = train(
-            network,
-            config.build_optimizer(),
-            s.x_train,
-            s.t_train,
-            s.x_val,
-            s.t_val,
-            epochs=config.epochs,
-            batch_size=config.batch_size,
-            seed=derive_seed(seed, SHUFFLE_STREAM),
-            on_epoch_end=on_epoch_end,
-        )
-        return history.final
+        return train_trial(self.splits, config, seed, on_epoch_end)[1].final
+
+
+def train_trial(
+    splits: DataSplits,
+    config: TrainConfig,
+    seed: int,
+    on_epoch_end: Callable[[int, EpochMetrics], None] | None = None,
+) -> tuple[MultiLayerNet, TrainingHistory]:
+    """Train one trial's network on the training split, as the objective does: the same seed
+    gives the same network, so a retrained best trial is the trial that was recorded."""
+    network = config.build_network(
+        splits.x_train.shape[1], splits.n_classes, seed=derive_seed(seed, INIT_STREAM)
+    )
+    history = train(
+        network,
+        config.build_optimizer(),
+        splits.x_train,
+        splits.t_train,
+        splits.x_val,
+        splits.t_val,
+        epochs=config.epochs,
+        batch_size=config.batch_size,
+        seed=derive_seed(seed, SHUFFLE_STREAM),
+        on_epoch_end=on_epoch_end,
+    )
+    return network, history
 
 
 def replay_trial(

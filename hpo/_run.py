@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -20,6 +21,7 @@ from ._runner import Worker, WorkerResult
 from ._storage import StorageSettings, count_trials
 from ._studies import JoinedStudy, join_study
 from ._studyfile import StudySpec
+from ._tracking import Tracker, TrackingSettings, ensure_parent_run, make_client
 
 logger = logging.getLogger(__name__)
 
@@ -48,24 +50,57 @@ def pruning_mirror(joined: JoinedStudy, spec: StudySpec) -> PruningMirror | None
     return PruningMirror(joined.study, pruner, spec.study.metric)
 
 
+def start_tracker(
+    joined: JoinedStudy, spec: StudySpec, settings: StorageSettings, tracking: TrackingSettings
+) -> Tracker | None:
+    """This worker's MLflow mirror, or None (tracking off, or MLflow unreachable: one warning,
+    and the study goes on; the end of `hpo run` or `hpo sync-mlflow` fills the gap)."""
+    if not tracking.enabled:
+        return None
+    try:
+        client = make_client(tracking)
+        parent = ensure_parent_run(client, tracking, settings, spec, joined.study)
+        client.update_run(parent.run_id, status="RUNNING")
+    except Exception as error:
+        logger.warning(
+            "MLflow at %s is unavailable (%s); trials go on and are kept in the Optuna storage;"
+            " `hpo sync-mlflow %s` mirrors them later",
+            tracking.describe(),
+            str(error).splitlines()[0][:200],
+            spec.study.name,
+        )
+        return None
+    return Tracker(client, parent, joined.study, spec)
+
+
 def run_in_process(
     spec: StudySpec,
     settings: StorageSettings,
     *,
+    tracking: TrackingSettings,
     progress: ProgressCallback | None = None,
 ) -> RunOutcome:
     """One worker in this process: load the data once, then run trials until done."""
     joined = join_study(settings, spec)
     splits = load_splits(spec.data, seed=spec.study.seed)
-    objective = Objective(spec, splits, mirror=pruning_mirror(joined, spec))
+    mlflow = start_tracker(joined, spec, settings, tracking)
+    objective = Objective(
+        spec, splits, mirror=pruning_mirror(joined, spec), observers=(mlflow,) if mlflow else ()
+    )
     tracker = _ProgressTracker(joined, progress)
+
+    def on_trial_end(trial: optuna.trial.FrozenTrial) -> None:
+        if mlflow is not None:
+            mlflow.trial_finished(trial)
+        tracker.trial_ended(trial)
+
     worker = Worker(
         joined,
         settings,
         objective,
         n_trials=spec.study.n_trials,
         timeout=spec.study.timeout,
-        on_trial_end=tracker.trial_ended,
+        on_trial_end=on_trial_end,
     )
     tracker.refresh()
     try:
@@ -73,6 +108,10 @@ def run_in_process(
     except KeyboardInterrupt:
         return RunOutcome(_finished(worker.counts()), interrupted=True)
     finally:
+        if mlflow is not None:
+            left = mlflow.close()
+            if left:
+                logger.info("trials not mirrored to MLflow yet: %s", sorted(left))
         joined.storage.engine.dispose()
     return RunOutcome(
         _finished(count_trials(joined.storage, joined.study_id)),
@@ -88,6 +127,7 @@ def run_worker_processes(
     child_argv: Sequence[str],
     workers: int,
     *,
+    tracking: TrackingSettings,
     progress: ProgressCallback | None = None,
     poll_interval: float = 0.5,
 ) -> RunOutcome:
@@ -101,6 +141,8 @@ def run_worker_processes(
         env[name] = "1"
     # Through the environment, not argv: a password in argv would show in `ps`.
     env["HPO_STORAGE"] = settings.url
+    if tracking.uri:
+        env["MLFLOW_TRACKING_URI"] = tracking.uri
     command = [sys.executable, "-m", "hpo.cli", *child_argv]
     children = [subprocess.Popen(command, env=env) for _ in range(workers)]
     from ._storage import open_storage
@@ -173,3 +215,42 @@ def _best(study: optuna.Study) -> float | None:
         return study.best_value
     except ValueError:
         return None
+
+
+def finish_tracking(
+    spec: StudySpec, settings: StorageSettings, tracking: TrackingSettings, *, interrupted: bool
+) -> str | None:
+    """After a run: mirror what MLflow lacks, and close the parent run if the study is done.
+
+    Returns a line for the user, or None with tracking off. Never raises: MLflow being down
+    here only means the mirror waits for `hpo sync-mlflow`.
+    """
+    if not tracking.enabled:
+        return None
+    from ._mlflow_sync import sync_study
+    from ._studies import load_existing_study
+
+    try:
+        client = make_client(tracking)
+        study = load_existing_study(settings, spec.study.name)
+        parent = ensure_parent_run(client, tracking, settings, spec, study)
+        report = sync_study(client, parent, study, spec.study.metric)
+        counts = Counter(t.state.name for t in study.get_trials(deepcopy=False))
+        done = counts["COMPLETE"] + counts["PRUNED"] >= spec.study.n_trials
+        if interrupted:
+            client.set_terminated(parent.run_id, "KILLED")
+        elif done and not counts["RUNNING"]:
+            client.set_terminated(parent.run_id, "FINISHED")
+    except Exception as error:
+        logger.warning(
+            "could not mirror the study to MLflow at %s (%s); run `hpo sync-mlflow %s` later",
+            tracking.describe(),
+            str(error).splitlines()[0][:200],
+            spec.study.name,
+        )
+        return None
+    experiment = client.get_experiment(parent.experiment_id).name
+    return (
+        f"MLflow ({tracking.describe()}, experiment {experiment!r}, parent run "
+        f"{parent.run_id}): {report.describe()}"
+    )

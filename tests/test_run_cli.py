@@ -24,6 +24,8 @@ def _env(storage_url: str) -> dict[str, str]:
 
 
 def _run(args, storage_url, cwd, timeout=300):
+    if args and args[0] == "run":
+        args = [*args, "--no-mlflow"]  # tracking has its own tests (test_tracking.py)
     return subprocess.run(
         [*HPO, *args],
         env=_env(storage_url),
@@ -82,7 +84,7 @@ def test_ctrl_c_marks_the_running_trial_failed_and_the_same_command_resumes(
     storage_url, slow_study, tmp_path
 ):
     process = subprocess.Popen(
-        [*HPO, "run", str(slow_study), "--no-progress"],
+        [*HPO, "run", str(slow_study), "--no-progress", "--no-mlflow"],
         env=_env(storage_url),
         cwd=tmp_path,
         stdout=subprocess.PIPE,
@@ -109,7 +111,7 @@ def test_a_killed_run_leaves_a_stale_trial_that_the_next_run_retries(
     storage_url, slow_study, tmp_path
 ):
     process = subprocess.Popen(
-        [*HPO, "run", str(slow_study), "--no-progress"],
+        [*HPO, "run", str(slow_study), "--no-progress", "--no-mlflow"],
         env=_env(storage_url),
         cwd=tmp_path,
         stdout=subprocess.DEVNULL,
@@ -138,7 +140,7 @@ def test_workers_started_together_on_an_empty_database_share_one_study(
     study_file = tiny_study_file(n_trials=24, epochs=4)
     processes = [
         subprocess.Popen(
-            [*HPO, "run", str(study_file), "--no-progress"],
+            [*HPO, "run", str(study_file), "--no-progress", "--no-mlflow"],
             env=_env(storage_url),
             cwd=tmp_path,
             stdout=subprocess.PIPE,

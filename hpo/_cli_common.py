@@ -1,0 +1,37 @@
+"""What every command shares: exit statuses and the storage and tracking flags."""
+
+from __future__ import annotations
+
+import argparse
+
+EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+Commands = argparse._SubParsersAction
+
+
+def storage_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--storage",
+        metavar="URL",
+        help="database URL (default: $HPO_STORAGE, else sqlite:///hpo.db)",
+    )
+
+
+def tracking_flags(p: argparse.ArgumentParser, *, allow_off: bool = True) -> None:
+    p.add_argument(
+        "--tracking-uri",
+        metavar="URI",
+        help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else ./mlflow.db)",
+    )
+    p.add_argument("--experiment", help="MLflow experiment (default: the study's name)")
+    if allow_off:
+        p.add_argument("--no-mlflow", action="store_true", help="do not mirror to MLflow")
+
+
+def tracking_from(args: argparse.Namespace):
+    from ._tracking import resolve_tracking
+
+    return resolve_tracking(
+        uri_flag=args.tracking_uri,
+        experiment=args.experiment,
+        disabled=getattr(args, "no_mlflow", False),
+    )

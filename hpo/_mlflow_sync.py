@@ -1,0 +1,164 @@
+"""`hpo sync-mlflow`: make MLflow mirror every finished trial of a study, idempotently.
+
+Each trial's run is found by its tags (study name and trial number), so running the sync
+twice creates nothing twice. A run is complete when its worker (or an earlier sync) set the
+`hpo.complete` tag after sending everything; an incomplete one gets only what it lacks (the
+missing metric steps, the final metrics and tags, its status). Runs of trials that ended
+less than `settle_s` ago are left alone: their worker may still be sending them.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from ._tracking import (
+    COMPLETE_TAG,
+    MAX_BATCH,
+    METRICS,
+    NUMBER_TAG,
+    ROLE_TAG,
+    STATUS,
+    STUDY_TAG,
+    StudyRun,
+    _ms,
+    _param_value,
+    child_tags,
+    final_fields,
+)
+
+if TYPE_CHECKING:
+    from mlflow import MlflowClient
+
+logger = logging.getLogger(__name__)
+
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
+
+
+@dataclass
+class SyncReport:
+    created: list[int] = field(default_factory=list)
+    completed: list[int] = field(default_factory=list)
+    unchanged: int = 0
+    recent: list[int] = field(default_factory=list)  # left to their worker (ended just now)
+
+    def describe(self) -> str:
+        parts = [
+            f"{len(self.created)} runs created",
+            f"{len(self.completed)} completed",
+            f"{self.unchanged} already complete",
+        ]
+        if self.recent:
+            parts.append(f"{len(self.recent)} left to their worker (ended moments ago)")
+        return ", ".join(parts)
+
+
+def child_runs(client: MlflowClient, parent: StudyRun, study_name: str) -> dict[int, Any]:
+    """The study's trial runs by trial number (the earliest if a number has several)."""
+    runs: dict[int, Any] = {}
+    token = None
+    query = f"tags.`{STUDY_TAG}` = '{study_name}' and tags.`{ROLE_TAG}` = 'trial'"
+    while True:
+        page = client.search_runs(
+            [parent.experiment_id],
+            filter_string=query,
+            max_results=1000,
+            order_by=["attributes.start_time ASC"],
+            page_token=token,
+        )
+        for run in page:
+            runs.setdefault(int(run.data.tags[NUMBER_TAG]), run)
+        token = page.token
+        if not token:
+            return runs
+
+
+def sync_study(
+    client: MlflowClient,
+    parent: StudyRun,
+    study: optuna.Study,
+    metric: str,
+    *,
+    settle_s: float = 30.0,
+) -> SyncReport:
+    report = SyncReport()
+    runs = child_runs(client, parent, study.study_name)
+    now = datetime.now()
+    if not study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        settle_s = 0.0  # no worker is active: nothing can be in flight
+    for trial in study.get_trials(deepcopy=False, states=FINISHED):
+        run = runs.get(trial.number)
+        if run is not None and run.data.tags.get(COMPLETE_TAG) == "true":
+            report.unchanged += 1
+            continue
+        ended = trial.datetime_complete
+        if ended is not None and (now - ended).total_seconds() < settle_s:
+            report.recent.append(trial.number)
+            continue
+        if run is None:
+            run_id = _create(client, parent, study.study_name, trial)
+            report.created.append(trial.number)
+        else:
+            run_id = run.info.run_id
+            report.completed.append(trial.number)
+        _complete(client, run_id, trial, metric)
+    _log_best(client, parent, study, metric)
+    return report
+
+
+def _create(client: MlflowClient, parent: StudyRun, study_name: str, trial: FrozenTrial) -> str:
+    from mlflow.entities import Param
+
+    tags = child_tags(study_name, parent, trial.number) | {"hpo.synced": "true"}
+    run = client.create_run(parent.experiment_id, start_time=_ms(trial.datetime_start), tags=tags)
+    values = {**trial.params, "trial_number": trial.number}
+    if trial.user_attrs.get("seed") is not None:
+        values["seed"] = trial.user_attrs["seed"]
+    client.log_batch(
+        run.info.run_id, params=[Param(k, _param_value(v)) for k, v in values.items()]
+    )
+    return run.info.run_id
+
+
+def _complete(client: MlflowClient, run_id: str, trial: FrozenTrial, metric: str) -> None:
+    """Send what the run lacks of the trial's history, then its final fields and status."""
+    from mlflow.entities import Metric, RunTag
+
+    history = trial.user_attrs.get("history") or {}
+    end = _ms(trial.datetime_complete)
+    missing: list[Metric] = []
+    for key in METRICS:
+        values = history.get(key, [])
+        if not values:
+            continue
+        logged = {m.step for m in client.get_metric_history(run_id, key)}
+        missing += [
+            Metric(key, value, end, epoch)
+            for epoch, value in enumerate(values, start=1)
+            if epoch not in logged
+        ]
+    for i in range(0, len(missing), MAX_BATCH):
+        client.log_batch(run_id, metrics=missing[i : i + MAX_BATCH])
+    metrics, tags = final_fields(trial, metric)
+    client.log_batch(run_id, metrics=metrics, tags=[RunTag(k, v) for k, v in tags.items()])
+    client.set_terminated(run_id, STATUS.get(trial.state, "FAILED"), end_time=end)
+    client.set_tag(run_id, COMPLETE_TAG, "true")  # last: everything above has arrived
+
+
+def _log_best(client: MlflowClient, parent: StudyRun, study: optuna.Study, metric: str) -> None:
+    """The best value so far on the parent run, if the parent does not show it yet."""
+    from mlflow.entities import Metric
+
+    try:
+        best = study.best_trial
+    except ValueError:
+        return
+    key = f"best_{metric}"
+    logged = {m.step for m in client.get_metric_history(parent.run_id, key)}
+    if best.number not in logged:
+        client.log_batch(parent.run_id, metrics=[Metric(key, best.value, _ms(), best.number)])
