@@ -24,7 +24,7 @@ from ._tracking import (
     NUMBER_TAG,
     ROLE_TAG,
     STATUS,
-    STUDY_TAG,
+    UID_TAG,
     StudyRun,
     _ms,
     _param_value,
@@ -58,11 +58,11 @@ class SyncReport:
         return ", ".join(parts)
 
 
-def child_runs(client: MlflowClient, parent: StudyRun, study_name: str) -> dict[int, Any]:
+def child_runs(client: MlflowClient, parent: StudyRun) -> dict[int, Any]:
     """The study's trial runs by trial number (the earliest if a number has several)."""
     runs: dict[int, Any] = {}
     token = None
-    query = f"tags.`{STUDY_TAG}` = '{study_name}' and tags.`{ROLE_TAG}` = 'trial'"
+    query = f"tags.`{UID_TAG}` = '{parent.uid}' and tags.`{ROLE_TAG}` = 'trial'"
     while True:
         page = client.search_runs(
             [parent.experiment_id],
@@ -87,7 +87,7 @@ def sync_study(
     settle_s: float = 30.0,
 ) -> SyncReport:
     report = SyncReport()
-    runs = child_runs(client, parent, study.study_name)
+    runs = child_runs(client, parent)
     now = datetime.now()
     if not study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         settle_s = 0.0  # no worker is active: nothing can be in flight

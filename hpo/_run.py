@@ -70,7 +70,7 @@ def start_tracker(
             spec.study.name,
         )
         return None
-    return Tracker(client, parent, joined.study, spec)
+    return Tracker(tracking, parent, joined.study, spec)
 
 
 def run_in_process(
@@ -82,8 +82,10 @@ def run_in_process(
 ) -> RunOutcome:
     """One worker in this process: load the data once, then run trials until done."""
     joined = join_study(settings, spec)
+    mlflow = start_tracker(joined, spec, settings, tracking)  # its process starts meanwhile
     splits = load_splits(spec.data, seed=spec.study.seed)
-    mlflow = start_tracker(joined, spec, settings, tracking)
+    if mlflow is not None and not mlflow.wait_ready():
+        logger.warning("the MLflow tracking process did not start; see hpo sync-mlflow")
     objective = Objective(
         spec, splits, mirror=pruning_mirror(joined, spec), observers=(mlflow,) if mlflow else ()
     )

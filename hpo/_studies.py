@@ -12,6 +12,7 @@ import dataclasses
 import json
 import logging
 import tomllib
+import uuid
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +31,7 @@ logger = logging.getLogger(__name__)
 SPEC_ATTR = "hpo:spec"
 FINGERPRINT_ATTR = "hpo:fingerprint"
 WORKERS_ATTR = "hpo:workers_joined"
+UID_ATTR = "hpo:uid"  # tells apart same-named studies of different storages in one MLflow
 SAMPLER_STREAM = 3  # per-worker sampler seeds: derive_seed(study_seed, SAMPLER_STREAM, index)
 
 
@@ -131,6 +133,7 @@ def _create(storage: optuna.storages.RDBStorage, spec: StudySpec) -> None:
         },
     )
     study.set_user_attr(FINGERPRINT_ATTR, fingerprint(spec))
+    study.set_user_attr(UID_ATTR, uuid.uuid4().hex)
     study.set_user_attr(WORKERS_ATTR, 0)
     logger.info("created study %r", spec.study.name)
 

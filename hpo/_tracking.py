@@ -19,10 +19,9 @@ import logging
 import os
 import queue
 import socket
-import threading
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import optuna
@@ -42,8 +41,9 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 TRACKING_URI_ENV = "MLFLOW_TRACKING_URI"
-STUDY_TAG, ROLE_TAG, NUMBER_TAG, COMPLETE_TAG = (
+STUDY_TAG, UID_TAG, ROLE_TAG, NUMBER_TAG, COMPLETE_TAG = (
     "hpo.study",
+    "hpo.study_uid",
     "hpo.role",
     "hpo.trial_number",
     "hpo.complete",
@@ -106,6 +106,7 @@ def make_client(settings: TrackingSettings) -> MlflowClient:
 
     logging.getLogger("mlflow").setLevel(logging.WARNING)
     logging.getLogger("alembic").setLevel(logging.WARNING)
+    logging.getLogger("urllib3").setLevel(logging.ERROR)  # one line per retry otherwise
     return MlflowClient(tracking_uri=settings.uri)
 
 
@@ -123,10 +124,20 @@ def _param_value(value: Any) -> str:
 
 @dataclass(frozen=True)
 class StudyRun:
-    """The parent run of a study in one tracking store."""
+    """The parent run of a study in one tracking store; `uid` names the study everywhere."""
 
     experiment_id: str
     run_id: str
+    uid: str
+
+
+def study_uid(study: optuna.Study) -> str:
+    from ._studies import UID_ATTR
+
+    uid = study.user_attrs.get(UID_ATTR)
+    if not uid:
+        raise ConfigError(f"study {study.study_name!r} was not created by hpo run")
+    return str(uid)
 
 
 def ensure_parent_run(
@@ -143,7 +154,7 @@ def ensure_parent_run(
     so that every resume and every worker finds it again.
     """
     name = spec.study.name
-    experiment_name = settings.experiment or name
+    uid = study_uid(study)
     key = settings.uri or "default"
     with StorageLock(storage, f"mlflow:{name}"):
         known = study.user_attrs.get(PARENT_ATTR, {}).get(key)
@@ -151,9 +162,10 @@ def ensure_parent_run(
             try:
                 run = client.get_run(known["run_id"])
                 if run.info.lifecycle_stage == "active":
-                    return StudyRun(run.info.experiment_id, run.info.run_id)
+                    return StudyRun(run.info.experiment_id, run.info.run_id, uid)
             except Exception as error:  # deleted by hand, or another store at this URI
                 logger.debug("stored parent run %s not usable: %s", known, error)
+        experiment_name = settings.experiment or (known or {}).get("experiment") or name
         experiment = client.get_experiment_by_name(experiment_name)
         experiment_id = (
             experiment.experiment_id
@@ -162,21 +174,22 @@ def ensure_parent_run(
         )
         found = client.search_runs(
             [experiment_id],
-            filter_string=f"tags.`{STUDY_TAG}` = '{name}' and tags.`{ROLE_TAG}` = 'study'",
+            filter_string=f"tags.`{UID_TAG}` = '{uid}' and tags.`{ROLE_TAG}` = 'study'",
             max_results=1,
             order_by=["attributes.start_time ASC"],
         )
-        run_id = (
-            found[0].info.run_id if found else _create_parent(client, experiment_id, spec, storage)
-        )
+        if found:
+            run_id = found[0].info.run_id
+        else:
+            run_id = _create_parent(client, experiment_id, spec, storage, uid)
         attrs = dict(study.user_attrs.get(PARENT_ATTR, {}))
-        attrs[key] = {"run_id": run_id, "experiment_id": experiment_id}
+        attrs[key] = {"run_id": run_id, "experiment": experiment_name}
         study.set_user_attr(PARENT_ATTR, attrs)
-        return StudyRun(experiment_id, run_id)
+        return StudyRun(experiment_id, run_id, uid)
 
 
 def _create_parent(
-    client: MlflowClient, experiment_id: str, spec: StudySpec, storage: StorageSettings
+    client: MlflowClient, experiment_id: str, spec: StudySpec, storage: StorageSettings, uid: str
 ) -> str:
     import tempfile
 
@@ -184,6 +197,7 @@ def _create_parent(
 
     tags = {
         STUDY_TAG: spec.study.name,
+        UID_TAG: uid,
         ROLE_TAG: "study",
         "mlflow.runName": f"study {spec.study.name}",
         "hpo.metric": spec.study.metric,
@@ -227,6 +241,7 @@ def child_tags(study_name: str, parent: StudyRun, number: int) -> dict[str, str]
         "mlflow.parentRunId": parent.run_id,
         "mlflow.runName": f"trial {number}",
         STUDY_TAG: study_name,
+        UID_TAG: parent.uid,
         ROLE_TAG: "trial",
         NUMBER_TAG: str(number),
     }
@@ -256,25 +271,18 @@ def final_fields(trial: FrozenTrial, metric: str) -> tuple[list[Any], dict[str, 
     return metrics, tags
 
 
-@dataclass
-class _RunState:
-    run_id: str | None = None
-    created: threading.Event = field(default_factory=threading.Event)
-    pending: list[Any] = field(default_factory=list)  # metric values not yet sent
-    failed: bool = False
-
-
 class Tracker:
     """A worker's mirror of its trials in MLflow, fed by the objective and the runner.
 
     Implements the objective's `TrialObserver` (trial_started, epoch_ended, trial_ending) and
-    the runner's end-of-trial listener (trial_finished). All MLflow calls happen on one
-    background thread; the caller only queues work.
+    the runner's end-of-trial listener (trial_finished). Every MLflow call happens in a
+    process of its own (`hpo._tracking_backend`); this side only sends it small messages,
+    and reads back the run ids that trials record.
     """
 
     def __init__(
         self,
-        client: MlflowClient,
+        settings: TrackingSettings,
         parent: StudyRun,
         study: optuna.Study,
         spec: StudySpec,
@@ -283,222 +291,123 @@ class Tracker:
         cooldown: float = 30.0,
         run_id_wait: float = 1.0,
     ) -> None:
-        self.client, self.parent, self.spec = client, parent, spec
-        self.metric = spec.study.metric
-        self.flush_interval, self.cooldown, self.run_id_wait = (
-            flush_interval,
-            cooldown,
-            run_id_wait,
-        )
-        self.unmirrored: set[int] = set()
-        self._runs: dict[int, _RunState] = {}
-        self._lock = threading.Lock()
-        self._queue: queue.Queue[tuple[str, Any]] = queue.Queue()
-        self._down_until = 0.0
-        self._warned = False
-        self._maximize = study.direction == optuna.study.StudyDirection.MAXIMIZE
-        try:
-            self._best: float | None = study.best_value
-        except ValueError:
-            self._best = None
-        self._host = f"{socket.gethostname()}"
-        self._thread = threading.Thread(target=self._work, name="hpo-mlflow", daemon=True)
-        self._thread.start()
+        import multiprocessing
 
-    # -- called by the objective and the runner (any thread but this one's) -----------------
+        from ._tracking_backend import serve
+
+        self.run_id_wait = run_id_wait
+        self.unmirrored: set[int] = set()
+        self._run_ids: dict[int, str | None] = {}
+        self._replies_seen: list[tuple[Any, ...]] = []
+        try:
+            best: float | None = study.best_value
+        except ValueError:
+            best = None
+        config = {
+            "uri": settings.uri,
+            "parent": (parent.experiment_id, parent.run_id, parent.uid),
+            "study_name": spec.study.name,
+            "metric": spec.study.metric,
+            "maximize": study.direction == optuna.study.StudyDirection.MAXIMIZE,
+            "best": best,
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "flush_interval": flush_interval,
+            "cooldown": cooldown,
+            "log_format": "%(levelname)s %(name)s: %(message)s",
+        }
+        context = multiprocessing.get_context("spawn")
+        self._inbox = context.Queue()
+        self._replies = context.Queue()
+        self._process = context.Process(
+            target=serve,
+            args=(self._inbox, self._replies, config),
+            name="hpo-mlflow",
+            daemon=True,
+        )
+        self._process.start()
+        self._ready = False
+
+    def wait_ready(self, timeout: float = 60.0) -> bool:
+        """Until the tracking process can take work (it imports MLflow: a second or two)."""
+        self._ready = self._ready or self._read_until(lambda m: m[0] == "ready", timeout)
+        return self._ready
+
+    # -- called by the objective and the runner ----------------------------------------------
 
     def trial_started(self, trial: optuna.trial.BaseTrial, seed: int) -> None:
-        state = _RunState()
-        with self._lock:
-            self._runs[trial.number] = state
-        self._queue.put(("start", (trial.number, dict(trial.params), seed, _ms())))
+        self._inbox.put(("start", trial.number, dict(trial.params), seed, _ms()))
 
     def epoch_ended(
         self, trial: optuna.trial.BaseTrial, epoch: int, metrics: EpochMetrics
     ) -> None:
-        from mlflow.entities import Metric
-
         now = _ms()
-        values = [Metric(k, v, now, epoch) for k, v in metrics.as_dict().items()]
-        with self._lock:
-            state = self._runs.get(trial.number)
-            if state is not None and not state.failed:
-                state.pending.extend(values)
+        values = [(k, v, now, epoch) for k, v in metrics.as_dict().items()]
+        self._inbox.put(("metrics", trial.number, values))
 
     def trial_ending(self, trial: optuna.trial.BaseTrial) -> None:
         """Before Optuna hears how the trial ended: record its run id on the trial."""
-        with self._lock:
-            state = self._runs.get(trial.number)
-        if state is not None and state.created.wait(self.run_id_wait) and state.run_id:
-            trial.set_user_attr(RUN_ID_ATTR, state.run_id)
+        number = trial.number
+        if self._read_until(lambda m: m[0] == "run_id" and m[1] == number, self.run_id_wait):
+            run_id = self._run_ids.get(number)
+            if run_id:
+                trial.set_user_attr(RUN_ID_ATTR, run_id)
 
     def trial_finished(self, trial: FrozenTrial) -> None:
-        self._queue.put(("finish", trial))
+        self._inbox.put(("finish", trial))
+
+    def wait_idle(self, timeout: float = 30.0) -> bool:
+        """Until everything sent so far has reached MLflow (or was given up on)."""
+        token = os.urandom(8).hex()
+        self._inbox.put(("barrier", token))
+        return self._read_until(lambda m: m[0] == "barrier" and m[1] == token, timeout)
 
     def close(self, timeout: float = 15.0) -> set[int]:
-        """Send what is queued (waiting at most `timeout` s); the trial numbers not mirrored."""
-        self._queue.put(("stop", None))
-        self._thread.join(timeout)
-        with self._lock:
-            left = {n for n, s in self._runs.items() if s.run_id is None or s.pending}
+        """Send what is left (waiting at most `timeout` s); the trial numbers not mirrored."""
+        stopped: list[set[int]] = []
+
+        def is_stop(message: tuple[Any, ...]) -> bool:
+            if message[0] == "stopped":
+                stopped.append(message[1])
+                return True
+            return False
+
+        if self._process.is_alive():
+            self._inbox.put(("stop", timeout))
+            self._read_until(is_stop, timeout + 5)
+        self._process.join(5)
+        if self._process.is_alive():
+            self._process.terminate()
+        # Messages the tracking process never read are lost on purpose (the sync fills them
+        # in); without this, the feeder thread would block this process's exit on a pipe
+        # nobody reads.
+        self._inbox.cancel_join_thread()
+        self._inbox.close()
+        left = stopped[0] if stopped else {n for n, r in self._run_ids.items() if r is None}
         return self.unmirrored | left
 
-    # -- the background thread --------------------------------------------------------------
-
-    def _work(self) -> None:
-        next_flush = time.monotonic() + self.flush_interval
+    def _read_until(self, wanted: Any, timeout: float) -> bool:
+        """Take replies (recording run ids) until one is `wanted`, or the time is up."""
+        if any(wanted(m) for m in self._replies_seen):
+            return True
+        deadline = time.monotonic() + timeout
         while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return False
             try:
-                kind, payload = self._queue.get(timeout=max(0.0, next_flush - time.monotonic()))
+                message = self._replies.get(timeout=remaining)
             except queue.Empty:
-                kind, payload = "flush", None
-            if kind == "start":
-                self._start(*payload)
-            elif kind == "finish":
-                self._finish(payload)
-            elif kind == "stop":
-                self._flush_all()
-                return
-            if time.monotonic() >= next_flush:
-                self._flush_all()
-                next_flush = time.monotonic() + self.flush_interval
-
-    def _call(
-        self, number: int | None, what: str, function: Any, *args: Any, **kwargs: Any
-    ) -> Any:
-        """One MLflow call; a failure marks the trial unmirrored and pauses tracking."""
-        if time.monotonic() < self._down_until:
-            raise _Down
-        try:
-            return function(*args, **kwargs)
-        except Exception as error:
-            self._down_until = time.monotonic() + self.cooldown
-            if not self._warned:
-                self._warned = True
-                logger.warning(
-                    "MLflow at %s failed (%s: %s); trials go on and are kept in the Optuna "
-                    "storage; `hpo sync-mlflow` fills in what is missing (hpo run does, at "
-                    "its end)",
-                    self.client.tracking_uri,
-                    what,
-                    str(error).splitlines()[0][:200],
-                )
-            raise _Down from error
-
-    def _start(self, number: int, params: dict[str, Any], seed: int, start_ms: int) -> None:
-        from mlflow.entities import Param
-
-        with self._lock:
-            state = self._runs[number]
-        try:
-            tags = child_tags(self.spec.study.name, self.parent, number) | {
-                "hpo.worker_host": self._host,
-                "hpo.worker_pid": str(os.getpid()),
-            }
-            run = self._call(
-                number,
-                "create_run",
-                self.client.create_run,
-                self.parent.experiment_id,
-                start_time=start_ms,
-                tags=tags,
-            )
-            state.run_id = run.info.run_id
-            values = {**params, "trial_number": number, "seed": seed}
-            self._call(
-                number,
-                "log_batch",
-                self.client.log_batch,
-                state.run_id,
-                params=[Param(k, _param_value(v)) for k, v in values.items()],
-            )
-            if self._warned and self._down_until < time.monotonic():
-                logger.info("MLflow tracking resumed with trial %d", number)
-        except _Down:
-            with self._lock:
-                state.failed = True
-                state.pending.clear()
-            self.unmirrored.add(number)
-        finally:
-            state.created.set()
-
-    def _flush(self, number: int, state: _RunState) -> bool:
-        with self._lock:
-            batch, state.pending = state.pending, []
-        if not batch or state.run_id is None:
-            return True
-        try:
-            for i in range(0, len(batch), MAX_BATCH):
-                self._call(
-                    number,
-                    "log_batch",
-                    self.client.log_batch,
-                    state.run_id,
-                    metrics=batch[i : i + MAX_BATCH],
-                )
-        except _Down:
-            state.failed = True
-            self.unmirrored.add(number)
-            return False
-        return True
-
-    def _flush_all(self) -> None:
-        with self._lock:
-            items = [(n, s) for n, s in self._runs.items() if s.pending and not s.failed]
-        for number, state in items:
-            self._flush(number, state)
-
-    def _finish(self, trial: FrozenTrial) -> None:
-        from mlflow.entities import Metric, RunTag
-
-        with self._lock:
-            state = self._runs.pop(trial.number, None)
-        if state is None or state.failed or state.run_id is None:
-            self.unmirrored.add(trial.number)
-            return
-        if not self._flush(trial.number, state):
-            return
-        metrics, tags = final_fields(trial, self.metric)
-        tags[COMPLETE_TAG] = "true"
-        try:
-            self._call(
-                trial.number,
-                "log_batch",
-                self.client.log_batch,
-                state.run_id,
-                metrics=metrics,
-                tags=[RunTag(k, v) for k, v in tags.items()],
-            )
-            self._call(
-                trial.number,
-                "set_terminated",
-                self.client.set_terminated,
-                state.run_id,
-                STATUS.get(trial.state, "FAILED"),
-                end_time=_ms(trial.datetime_complete),
-            )
-            if trial.state == TrialState.COMPLETE and self._improves(trial.value):
-                self._best = trial.value
-                self._call(
-                    None,
-                    "log_metric",
-                    self.client.log_batch,
-                    self.parent.run_id,
-                    metrics=[Metric(f"best_{self.metric}", trial.value, _ms(), trial.number)],
-                )
-        except _Down:
-            self.unmirrored.add(trial.number)
-
-    def _improves(self, value: float | None) -> bool:
-        if value is None:
-            return False
-        if self._best is None:
-            return True
-        return value > self._best if self._maximize else value < self._best
-
-
-class _Down(Exception):
-    """MLflow is failing: this call was not made, or failed."""
+                return False
+            if message[0] == "run_id":
+                self._run_ids[message[1]] = message[2]
+                if message[2] is None:
+                    self.unmirrored.add(message[1])
+            self._replies_seen.append(message)
+            if len(self._replies_seen) > 100:
+                del self._replies_seen[:50]
+            if wanted(message):
+                return True
 
 
 def require_enabled(settings: TrackingSettings, command: str) -> None:

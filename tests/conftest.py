@@ -3,6 +3,12 @@
 from __future__ import annotations
 
 import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -129,3 +135,96 @@ def tiny_study_file(tmp_path: Path) -> Callable[..., Path]:
         return path
 
     return write
+
+
+# -- a real MLflow tracking server on 127.0.0.1 -----------------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class MlflowServer:
+    """`mlflow server` as a subprocess with its own backend store and artifact directory.
+
+    `stop()` and `start()` again keep the port and the stored runs: an outage, not a new server.
+    """
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.port = _free_port()
+        self.uri = f"http://127.0.0.1:{self.port}"
+        self.process: subprocess.Popen | None = None
+        self.log = root / "server.log"
+
+    def start(self, timeout: float = 90.0) -> None:
+        mlflow_cli = Path(sys.executable).with_name("mlflow")
+        command = [
+            str(mlflow_cli), "server",
+            "--backend-store-uri", f"sqlite:///{self.root / 'mlflow.db'}",
+            "--artifacts-destination", str(self.root / "artifacts"),
+            "--host", "127.0.0.1", "--port", str(self.port), "--workers", "1",
+        ]  # fmt: skip
+        with open(self.log, "ab") as log:
+            self.process = subprocess.Popen(
+                command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"mlflow server exited: {self.log.read_text()[-2000:]}")
+            try:
+                with urllib.request.urlopen(f"{self.uri}/health", timeout=2) as response:
+                    if response.status == 200:
+                        return
+            except OSError:
+                time.sleep(0.3)
+        self.stop()
+        raise RuntimeError(f"mlflow server did not answer in {timeout} s")
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait()
+        self.process = None
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MlflowServer]:
+    """One real MLflow server for the whole test session (it takes seconds and ~2 GB)."""
+    server = MlflowServer(tmp_path_factory.mktemp("mlflow-server"))
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(params=["sqlite", "server"])
+def tracking_uri(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A tracking store of each kind: a local sqlite:/// file, and the real server."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'mlflow.db'}"
+    return request.getfixturevalue("mlflow_server").uri
+
+
+@pytest.fixture
+def new_mlflow_server(tmp_path: Path) -> Iterator[Callable[[], MlflowServer]]:
+    """A server of the test's own, to stop and start (the shared one must stay up)."""
+    servers: list[MlflowServer] = []
+
+    def make() -> MlflowServer:
+        root = tmp_path / f"mlflow-server-{len(servers)}"
+        root.mkdir()
+        servers.append(MlflowServer(root))
+        return servers[-1]
+
+    yield make
+    for server in servers:
+        server.stop()
