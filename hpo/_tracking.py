@@ -296,6 +296,9 @@ class Tracker:
         from ._tracking_backend import serve
 
         self.run_id_wait = run_id_wait
+        self.send_interval = 1.0
+        self._unsent: dict[int, list[tuple[str, float, int, int]]] = {}
+        self._next_send = 0.0
         self.unmirrored: set[int] = set()
         self._run_ids: dict[int, str | None] = {}
         self._replies_seen: list[tuple[Any, ...]] = []
@@ -342,11 +345,21 @@ class Tracker:
         self, trial: optuna.trial.BaseTrial, epoch: int, metrics: EpochMetrics
     ) -> None:
         now = _ms()
-        values = [(k, v, now, epoch) for k, v in metrics.as_dict().items()]
-        self._inbox.put(("metrics", trial.number, values))
+        values = self._unsent.setdefault(trial.number, [])
+        values += [(k, v, now, epoch) for k, v in metrics.as_dict().items()]
+        if time.monotonic() >= self._next_send:  # one message a second, not one an epoch
+            self._send_values()
+
+    def _send_values(self) -> None:
+        for number, values in self._unsent.items():
+            if values:
+                self._inbox.put(("metrics", number, values))
+        self._unsent.clear()
+        self._next_send = time.monotonic() + self.send_interval
 
     def trial_ending(self, trial: optuna.trial.BaseTrial) -> None:
         """Before Optuna hears how the trial ended: record its run id on the trial."""
+        self._send_values()
         number = trial.number
         if self._read_until(lambda m: m[0] == "run_id" and m[1] == number, self.run_id_wait):
             run_id = self._run_ids.get(number)
