@@ -252,7 +252,8 @@ def finish_tracking(
         )
         return None
     experiment = client.get_experiment(parent.experiment_id).name
+    view = "; view it with `mlflow ui` in this directory" if tracking.uri is None else ""
     return (
         f"MLflow ({tracking.describe()}, experiment {experiment!r}, parent run "
-        f"{parent.run_id}): {report.describe()}"
+        f"{parent.run_id}): {report.describe()}{view}"
     )
