@@ -12,7 +12,18 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from . import __version__, _blas, _cmd_best, _cmd_inspect, _cmd_mlflow, _cmd_run, _cmd_train
+from . import (
+    __version__,
+    _blas,
+    _cmd_best,
+    _cmd_compare,
+    _cmd_inspect,
+    _cmd_mlflow,
+    _cmd_narrow,
+    _cmd_report,
+    _cmd_run,
+    _cmd_train,
+)
 from ._cli_common import EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_USAGE
 
 
@@ -27,7 +38,11 @@ def build_parser() -> argparse.ArgumentParser:
         "-v", "--verbose", action="count", default=0, help="more log output (-vv for debug)"
     )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for module in (_cmd_run, _cmd_inspect, _cmd_best, _cmd_mlflow, _cmd_train):
+    commands_in_order = (
+        _cmd_run, _cmd_inspect, _cmd_best, _cmd_report, _cmd_narrow, _cmd_compare, _cmd_mlflow,
+        _cmd_train,
+    )  # fmt: skip
+    for module in commands_in_order:
         module.add_parsers(commands)
     return parser
 
