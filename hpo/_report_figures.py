@@ -1,0 +1,366 @@
+"""The report's figures: data in, a matplotlib `Figure` out, nothing read or written here.
+
+Our own figures (the book's Figure 6-24 and the lr-weight decay map) are `Figure` objects
+built without pyplot, so no figure is ever left open in pyplot's registry and callers can
+inspect a figure before `hpo._study_report` saves it. Optuna's plots draw through pyplot: each
+is drawn under `rc_context` (Optuna calls `plt.style.use("ggplot")`, which would otherwise
+restyle the whole process), then closed in pyplot. Every returned figure has an Agg canvas,
+whatever backend the process uses.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import warnings
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import matplotlib
+import numpy as np
+import optuna
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.colors import Normalize
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+
+BOOK_COLUMNS = 5  # Figure 6-24 of the book: 20 trials in 4 rows of 5
+VAL_STYLE = {"color": "tab:blue", "linestyle": "-", "linewidth": 1.4}
+TRAIN_STYLE = {"color": "tab:orange", "linestyle": "--", "linewidth": 1.2}
+
+
+def _agg(figure: Figure) -> Figure:
+    FigureCanvasAgg(figure)  # attaches itself as figure.canvas
+    return figure
+
+
+# -- Figure 6-24 ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CurvePanel:
+    """One small plot of Figure 6-24: a trial's accuracies per epoch (index 0 is epoch 1).
+
+    `title` is the book's "Best-1 (val acc:0.83)"; `caption` the trial's parameters.
+    """
+
+    title: str
+    caption: str
+    val_acc: Sequence[float]
+    train_acc: Sequence[float]
+
+
+def figure_6_24(
+    panels: Sequence[CurvePanel],
+    *,
+    title: str,
+    columns: int = BOOK_COLUMNS,
+    caption_width: int = 34,
+) -> Figure:
+    """The book's Figure 6-24: one small plot per trial, best first, in rows of `columns`.
+
+    Validation accuracy solid, training accuracy dashed, y from 0 to 1, as in the book's
+    `ch06/hyperparameter_optimization.py`. The figure has exactly one axes per panel, in
+    panel order, each with two lines (validation, then training).
+    """
+    if not panels:
+        raise ValueError("figure_6_24 needs at least one panel, but got none")
+    columns = max(1, min(columns, len(panels)))
+    rows = math.ceil(len(panels) / columns)
+    captions = [_wrap_items(p.caption, caption_width) for p in panels]
+    caption_lines = max(len(c) for c in captions)
+    figure = Figure(
+        figsize=(2.5 * columns + 0.4, (1.75 + 0.17 * caption_lines) * rows + 0.7),
+        layout="constrained",
+    )
+    grid = figure.subplots(rows, columns, squeeze=False, sharex=True, sharey=True)
+    for index, axes in enumerate(grid.flat):
+        if index >= len(panels):
+            axes.remove()  # the last row's empty places
+            continue
+        panel = panels[index]
+        epochs = np.arange(1, len(panel.val_acc) + 1)
+        axes.plot(epochs, panel.val_acc, **VAL_STYLE)
+        axes.plot(np.arange(1, len(panel.train_acc) + 1), panel.train_acc, **TRAIN_STYLE)
+        axes.set_ylim(0.0, 1.0)
+        axes.set_yticks([0.0, 0.5, 1.0])
+        axes.grid(True, alpha=0.3)
+        axes.tick_params(labelsize=7)
+        axes.set_title(
+            panel.title + "\n" + "\n".join(captions[index]), fontsize=7.5, linespacing=1.25
+        )
+        if index % columns == 0:
+            axes.set_ylabel("accuracy", fontsize=7.5)
+        if index >= len(panels) - columns:  # the lowest plot of its column
+            axes.set_xlabel("epoch", fontsize=7.5)
+            axes.xaxis.set_tick_params(labelbottom=True)
+    figure.suptitle(title, fontsize=11)
+    figure.legend(
+        handles=[
+            Line2D([], [], **VAL_STYLE, label="validation accuracy"),
+            Line2D([], [], **TRAIN_STYLE, label="training accuracy"),
+        ],
+        loc="outside lower center",
+        ncols=2,
+        fontsize=8.5,
+        frameon=False,
+    )
+    return _agg(figure)
+
+
+def _wrap_items(caption: str, width: int) -> list[str]:
+    """Lines of at most about `width` characters, broken only between ", "-separated items
+    (so that "weight decay:1e-06" stays on one line)."""
+    lines: list[str] = []
+    for item in caption.split(", "):
+        if lines and len(lines[-1]) + 2 + len(item) <= width:
+            lines[-1] += ", " + item
+        else:
+            lines.append(item)
+    return lines or [""]
+
+
+# -- the learning rate against weight decay ------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SearchPoint:
+    """A finished trial in the lr-weight decay plane.
+
+    `value`: the study's metric, final for a completed trial, the last one reported for a
+    pruned trial, None for a pruned trial that reported none (a diverged one).
+    """
+
+    number: int
+    lr: float
+    weight_decay: float
+    value: float | None
+    pruned: bool
+
+
+def lr_weight_decay_figure(
+    points: Sequence[SearchPoint],
+    *,
+    metric_label: str,
+    maximize: bool,
+    title: str,
+    log_x: bool = True,
+    log_y: bool = True,
+    x_range: tuple[float, float] | None = None,
+    y_range: tuple[float, float] | None = None,
+) -> Figure:
+    """Learning rate (x) against weight decay (y), one point per finished trial.
+
+    Completed trials are filled points coloured by the metric (the collection with gid
+    "complete": its offsets and array are the trials' parameters and values, in `points`
+    order); pruned trials hollow, edged in the colour of their last value (gid "pruned");
+    pruned trials without a value grey crosses (gid "no value"); the best trial is starred
+    (gid "best"). Bright is good in either direction: the colour map is reversed for a
+    metric that is minimised. The colour scale spans the completed trials; pruned values
+    beyond it take its end colours (the colour bar's pointed ends say so).
+    """
+    complete = [p for p in points if not p.pruned]
+    pruned = [p for p in points if p.pruned and p.value is not None and math.isfinite(p.value)]
+    no_value = [p for p in points if p.pruned and p not in pruned]
+    cmap = matplotlib.colormaps["viridis" if maximize else "viridis_r"]
+    values = np.array([p.value for p in complete], dtype=float)
+    low, high = (values.min(), values.max()) if len(values) else (0.0, 1.0)
+    if low == high:
+        low, high = low - 0.5 * (abs(low) or 1.0), high + 0.5 * (abs(high) or 1.0)
+    norm = Normalize(low, high)
+
+    figure = Figure(figsize=(7.5, 5.8), layout="constrained")
+    axes = figure.subplots()
+    if log_x:
+        axes.set_xscale("log")
+    if log_y:
+        axes.set_yscale("log")
+    mappable = axes.scatter(
+        [p.lr for p in complete],
+        [p.weight_decay for p in complete],
+        c=values,
+        cmap=cmap,
+        norm=norm,
+        s=46,
+        edgecolors="0.25",
+        linewidths=0.4,
+        zorder=3,
+        gid="complete",
+        label=f"completed ({len(complete)})",
+    )
+    if pruned:
+        axes.scatter(
+            [p.lr for p in pruned],
+            [p.weight_decay for p in pruned],
+            facecolors="none",
+            edgecolors=cmap(norm([p.value for p in pruned])),
+            s=40,
+            linewidths=1.3,
+            zorder=2,
+            gid="pruned",
+            label=f"pruned, at its last value ({len(pruned)})",
+        )
+    if no_value:
+        axes.scatter(
+            [p.lr for p in no_value],
+            [p.weight_decay for p in no_value],
+            marker="x",
+            color="0.55",
+            s=30,
+            linewidths=1.0,
+            zorder=2,
+            gid="no value",
+            label=f"pruned without a value, e.g. diverged ({len(no_value)})",
+        )
+    if complete:
+        sign = -1.0 if maximize else 1.0  # ties go to the lower number, as in `ranked_trials`
+        best = min(complete, key=lambda p: (sign * p.value, p.number))
+        axes.scatter(
+            [best.lr],
+            [best.weight_decay],
+            marker="*",
+            s=320,
+            facecolors="none",
+            edgecolors="crimson",
+            linewidths=1.4,
+            zorder=4,
+            gid="best",
+            label=f"best: trial {best.number}",
+        )
+    if x_range is not None:
+        axes.set_xlim(*_padded(x_range, log_x))
+    if y_range is not None:
+        axes.set_ylim(*_padded(y_range, log_y))
+    below = any(norm(p.value) < 0 for p in pruned)
+    above = any(norm(p.value) > 1 for p in pruned)
+    extend = {(True, True): "both", (True, False): "min", (False, True): "max"}
+    bar = figure.colorbar(
+        mappable, ax=axes, extend=extend.get((below, above), "neither"), shrink=0.9
+    )
+    bar.set_label(metric_label + ("" if maximize else " (lower is better)"))
+    axes.set_xlabel("learning rate (lr)")
+    axes.set_ylabel("weight decay (weight_decay_lambda)")
+    axes.set_title(title, fontsize=11)
+    axes.grid(True, which="major", alpha=0.3)
+    # Handles of their own: a collection's first point would give its legend entry a colour.
+    handles = [
+        _marker("o", f"completed ({len(complete)})", face=cmap(0.75), edge="0.25"),
+        _marker("o", f"pruned, at its last value ({len(pruned)})", face="none", edge="0.3"),
+    ]
+    if no_value:
+        handles.append(
+            _marker("x", f"pruned without a value, e.g. diverged ({len(no_value)})", edge="0.55")
+        )
+    if complete:
+        handles.append(_marker("*", f"best: trial {best.number}", edge="crimson", size=13))
+    axes.legend(
+        handles=handles, loc="upper center", bbox_to_anchor=(0.5, -0.12), ncols=2, fontsize=8
+    )
+    return _agg(figure)
+
+
+def _marker(marker: str, label: str, *, edge: object, face: object = "none", size: float = 7):
+    return Line2D(
+        [],
+        [],
+        linestyle="",
+        marker=marker,
+        markersize=size,
+        markerfacecolor=face,
+        markeredgecolor=edge,
+        markeredgewidth=1.2,
+        label=label,
+    )
+
+
+def _padded(bounds: tuple[float, float], log: bool) -> tuple[float, float]:
+    """The searched range with a margin, so points on its edges stay visible."""
+    low, high = bounds
+    if log and low > 0:
+        factor = (high / low) ** 0.04
+        return low / factor, high * factor
+    margin = 0.04 * (high - low)
+    return low - margin, high + margin
+
+
+# -- Optuna's own plots ----------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _optuna_plot() -> Iterator[None]:
+    """Optuna's matplotlib plots are experimental (a warning each) and restyle pyplot."""
+    with warnings.catch_warnings(), matplotlib.rc_context():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        # One completed trial gives a parameter axis of no height; matplotlib widens it.
+        warnings.filterwarnings("ignore", "Attempting to set identical low and high ylims")
+        yield
+
+
+def _detach(axes: matplotlib.axes.Axes, size: tuple[float, float] | None = None) -> Figure:
+    """The figure of Optuna's axes, closed in pyplot (the caller owns it), on an Agg canvas."""
+    import matplotlib.pyplot as plt
+
+    figure = axes.figure
+    plt.close(figure)
+    if size is not None:
+        figure.set_size_inches(*size)
+    return _agg(figure)
+
+
+def optimization_history_figure(study: optuna.Study, *, metric_label: str) -> Figure:
+    """Optuna's optimization history: every completed trial's value and the best so far."""
+    from optuna.visualization.matplotlib import plot_optimization_history
+
+    with _optuna_plot():
+        axes = plot_optimization_history(study, target_name=metric_label)
+    return _detach(axes, (8.0, 4.8))
+
+
+def intermediate_values_figure(
+    study: optuna.Study, *, metric_label: str, log_y: bool = False, max_legend: int = 12
+) -> Figure:
+    """Optuna's intermediate values plot: the metric per epoch of every finished trial.
+
+    `study` must carry the epochs as intermediate values; an hpo study's trials do not (they
+    store a history instead, see `hpo._study_report.history_study`). Beyond `max_legend`
+    trials the legend of trial numbers is dropped: it would be taller than the plot.
+    """
+    from optuna.visualization.matplotlib import plot_intermediate_values
+
+    with _optuna_plot():
+        axes = plot_intermediate_values(study)
+        axes.set_xlabel("epoch")
+        axes.set_ylabel(metric_label)
+        if log_y:
+            axes.set_yscale("log")
+        legend = axes.get_legend()
+        if legend is not None and len(axes.get_lines()) > max_legend:
+            legend.remove()
+    return _detach(axes, (8.0, 4.8))
+
+
+def param_importances_figure(study: optuna.Study, *, metric_label: str, seed: int = 0) -> Figure:
+    """Optuna's hyperparameter importances, by fANOVA with a fixed seed (the same figure for
+    the same study every time). Needs at least two completed trials."""
+    from optuna.importance import FanovaImportanceEvaluator
+    from optuna.visualization.matplotlib import plot_param_importances
+
+    with _optuna_plot():
+        axes = plot_param_importances(
+            study, evaluator=FanovaImportanceEvaluator(seed=seed), target_name=metric_label
+        )
+        axes.set_title(f"Hyperparameter importances for {metric_label} (fANOVA)", loc="left")
+        if axes.get_legend() is not None:  # one objective: the title says what it is
+            axes.get_legend().remove()
+    n_params = len(axes.get_yticks())
+    return _detach(axes, (7.0, max(2.6, 1.2 + 0.5 * n_params)))
+
+
+def parallel_coordinate_figure(study: optuna.Study, *, metric_label: str) -> Figure:
+    """Optuna's parallel coordinates: each completed trial a line through its parameters."""
+    from optuna.visualization.matplotlib import plot_parallel_coordinate
+
+    with _optuna_plot():
+        axes = plot_parallel_coordinate(study, target_name=metric_label)
+    n_params = len({name for t in study.get_trials(deepcopy=False) for name in t.params})
+    return _detach(axes, (max(7.0, 2.0 * (n_params + 1)), 5.0))

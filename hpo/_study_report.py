@@ -1,0 +1,323 @@
+"""A study's report: the book's listing and figures, written to a directory, logged to MLflow.
+
+Reads the study and never writes to it (only `log_report`, for a study never mirrored to this
+tracking store, creates its parent run, which records the run's id in the study as `hpo run`
+would). The figures themselves are drawn in `hpo._report_figures`; this module gathers their
+data from the trials and saves them. MLflow is imported only by `log_report`.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import optuna
+from optuna.distributions import FloatDistribution, IntDistribution
+from optuna.trial import TrialState, create_trial
+
+from . import _report_figures as figures
+from ._report import DISPLAY_NAMES, METRIC_LABELS, best_lines, fmt, ranked_trials
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+    from mlflow import MlflowClient
+
+    from ._storage import StorageSettings
+    from ._studyfile import StudySpec
+    from ._tracking import StudyRun, TrackingSettings
+
+logger = logging.getLogger(__name__)
+
+ARTIFACT_PATH = "report"  # on the study's parent run
+DEFAULT_TOP = 20  # the book's Figure 6-24 shows the best 20
+DPI = 150
+METRIC_NAMES = {"val_acc": "validation accuracy", "val_loss": "validation loss"}
+LR, WEIGHT_DECAY = "lr", "weight_decay_lambda"
+FILES = (
+    "best.txt",
+    "figure_6_24.png",
+    "lr_weight_decay.png",
+    "optimization_history.png",
+    "intermediate_values.png",
+    "param_importances.png",
+    "parallel_coordinate.png",
+)
+_STATE_ORDER = (
+    TrialState.COMPLETE,
+    TrialState.PRUNED,
+    TrialState.FAIL,
+    TrialState.RUNNING,
+    TrialState.WAITING,
+)
+
+
+@dataclass(frozen=True)
+class Report:
+    """What `write_report` did: the files written, and the figures left out and why."""
+
+    directory: Path
+    written: tuple[Path, ...]
+    skipped: dict[str, str]
+    removed: tuple[Path, ...] = ()  # an earlier report's files that this one no longer has
+
+
+def metric_name(metric: str) -> str:
+    return METRIC_NAMES.get(metric, metric)
+
+
+def _maximize(study: optuna.Study) -> bool:
+    return study.direction == optuna.study.StudyDirection.MAXIMIZE
+
+
+# -- the data of each figure ----------------------------------------------------------------
+
+
+def header_line(study: optuna.Study, metric: str) -> str:
+    """`study 'x': 40 trials (14 complete, 26 pruned); ranked by val_acc (validation
+    accuracy, maximize)`."""
+    trials = study.get_trials(deepcopy=False)
+    counts = Counter(t.state for t in trials)
+    by_state = ", ".join(f"{counts[s]} {s.name.lower()}" for s in _STATE_ORDER if counts[s])
+    direction = "maximize" if _maximize(study) else "minimize"
+    return (
+        f"study {study.study_name!r}: {len(trials)} trials ({by_state or 'none'}); "
+        f"ranked by {metric} ({metric_name(metric)}, {direction})"
+    )
+
+
+def describe(params: dict[str, object]) -> str:
+    """Parameters as the book's listing prints them: `lr:0.0092, weight decay:3.86e-07`."""
+    return ", ".join(f"{DISPLAY_NAMES.get(k, k)}:{fmt(v)}" for k, v in params.items())
+
+
+def curve_panels(study: optuna.Study, metric: str, top: int) -> list[figures.CurvePanel]:
+    """Figure 6-24's panels: the `top` best completed trials by the study's metric, each with
+    its stored per-epoch accuracies (whatever the metric: the book plots accuracy)."""
+    label = METRIC_LABELS.get(metric, metric)
+    panels = []
+    for rank, trial in enumerate(ranked_trials(study)[:top], start=1):
+        history = trial.user_attrs.get("history") or {}
+        panels.append(
+            figures.CurvePanel(
+                title=f"Best-{rank} ({label}:{fmt(trial.value)})",
+                caption=describe(trial.params),
+                val_acc=list(history.get("val_acc", [])),
+                train_acc=list(history.get("train_acc", [])),
+            )
+        )
+    return panels
+
+
+def search_points(study: optuna.Study) -> list[figures.SearchPoint]:
+    """Every completed and pruned trial's lr and weight decay, with its value."""
+    points = []
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)):
+        if LR not in trial.params or WEIGHT_DECAY not in trial.params:
+            continue
+        points.append(
+            figures.SearchPoint(
+                number=trial.number,
+                lr=float(trial.params[LR]),
+                weight_decay=float(trial.params[WEIGHT_DECAY]),
+                value=trial.value,
+                pruned=trial.state == TrialState.PRUNED,
+            )
+        )
+    return points
+
+
+def history_study(study: optuna.Study, metric: str) -> optuna.Study:
+    """An in-memory copy of the finished trials, with each epoch's `metric` as the trial's
+    intermediate value at step = epoch (1, 2, ...).
+
+    hpo's trials do not report intermediate values to the storage (the pruner decides in a
+    worker's in-memory mirror, see `hpo._pruning`; only a pruned trial reports its last value
+    once), but each stores its whole history as the "history" attribute. Optuna's
+    intermediate values plot reads `trial.intermediate_values`, so it is fed this copy.
+    Non-finite values (a diverging epoch) are left out.
+    """
+    copy = optuna.create_study(study_name=study.study_name, direction=study.direction)
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)):
+        values = (trial.user_attrs.get("history") or {}).get(metric, [])
+        copy.add_trial(
+            create_trial(
+                state=trial.state,
+                value=trial.value if trial.state == TrialState.COMPLETE else None,
+                params=trial.params,
+                distributions=trial.distributions,
+                intermediate_values={
+                    epoch: float(v)
+                    for epoch, v in enumerate(values, start=1)
+                    if v is not None and math.isfinite(v)
+                },
+            )
+        )
+    return copy
+
+
+def importances_refusal(study: optuna.Study) -> str | None:
+    """Why hyperparameter importances cannot be computed for this study, or None if they can."""
+    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    if len(complete) < 2:
+        return f"needs at least 2 completed trials, the study has {len(complete)}"
+    shared = set.intersection(*(set(t.params) for t in complete))
+    varied = [n for n in sorted(shared) if len({repr(t.params[n]) for t in complete}) > 1]
+    if not varied:
+        return "no parameter took more than one value across the completed trials"
+    return None
+
+
+def _searched_range(study: optuna.Study, name: str) -> tuple[tuple[float, float] | None, bool]:
+    """(low, high) of a numeric parameter's distribution, and whether it is searched in log."""
+    for trial in study.get_trials(deepcopy=False):
+        distribution = trial.distributions.get(name)
+        if isinstance(distribution, FloatDistribution | IntDistribution):
+            return (float(distribution.low), float(distribution.high)), distribution.log
+    return None, True
+
+
+def scatter_refusal(spec: StudySpec) -> str | None:
+    """Why the lr-weight decay figure is left out, or None."""
+    searched = spec.space.names()
+    missing = [n for n in (LR, WEIGHT_DECAY) if n not in searched]
+    if not missing:
+        return None
+    it = f"it searches {', '.join(searched)}" if searched else "it searches nothing"
+    return f"the study does not search {' and '.join(missing)} ({it})"
+
+
+# -- writing the report ---------------------------------------------------------------------
+
+
+def write_report(
+    study: optuna.Study, spec: StudySpec, directory: Path, *, top: int = DEFAULT_TOP
+) -> Report:
+    """Write the listing and the figures of `study` to `directory` (created if needed).
+
+    The study must have a completed trial (`hpo._best.best_trial` says so otherwise). A file
+    of an earlier report that this one leaves out is removed, so that the directory always
+    holds one report.
+    """
+    from ._best import best_trial
+    from ._errors import ConfigError
+
+    if top < 1:
+        raise ConfigError(f"must be at least 1, but got {top}", key="--top")
+    best_trial(study)  # the "no completed trial" error, with the trials there are
+    metric = spec.study.metric
+    label = metric_name(metric)
+    directory.mkdir(parents=True, exist_ok=True)
+    written: list[Path] = []
+    skipped: dict[str, str] = {}
+
+    ranked = ranked_trials(study)
+    listing = directory / "best.txt"
+    listing.write_text(
+        "\n".join([header_line(study, metric), *best_lines(study, metric, n=len(ranked))]) + "\n"
+    )
+    written.append(listing)
+
+    def save(name: str, draw: Callable[[], Figure]) -> None:
+        path = directory / name
+        draw().savefig(path, dpi=DPI, bbox_inches="tight")
+        written.append(path)
+
+    panels = curve_panels(study, metric, top)
+    save(
+        "figure_6_24.png",
+        lambda: figures.figure_6_24(
+            panels,
+            title=f"Figure 6-24 ({study.study_name}): the best {len(panels)} of "
+            f"{len(ranked)} completed trials by {label}",
+        ),
+    )
+
+    refusal = scatter_refusal(spec)
+    if refusal is None:
+        (x_range, log_x), (y_range, log_y) = (
+            _searched_range(study, n) for n in (LR, WEIGHT_DECAY)
+        )
+        points = search_points(study)
+        n_pruned = sum(p.pruned for p in points)
+        save(
+            "lr_weight_decay.png",
+            lambda: figures.lr_weight_decay_figure(
+                points,
+                metric_label=label,
+                maximize=_maximize(study),
+                title=f"{study.study_name}: learning rate and weight decay of "
+                f"{len(points) - n_pruned} completed and {n_pruned} pruned trials",
+                log_x=log_x,
+                log_y=log_y,
+                x_range=x_range,
+                y_range=y_range,
+            ),
+        )
+    else:
+        skipped["lr_weight_decay.png"] = refusal
+
+    save(
+        "optimization_history.png",
+        lambda: figures.optimization_history_figure(study, metric_label=label),
+    )
+    save(
+        "intermediate_values.png",
+        lambda: figures.intermediate_values_figure(
+            history_study(study, metric), metric_label=label, log_y=metric.endswith("loss")
+        ),
+    )
+    refusal = importances_refusal(study)
+    if refusal is None:
+        save(
+            "param_importances.png",
+            lambda: figures.param_importances_figure(study, metric_label=label),
+        )
+    else:
+        skipped["param_importances.png"] = refusal
+    save(
+        "parallel_coordinate.png",
+        lambda: figures.parallel_coordinate_figure(study, metric_label=label),
+    )
+
+    removed = []
+    for name in skipped:
+        stale = directory / name
+        if stale.is_file():
+            stale.unlink()
+            removed.append(stale)
+    logger.info("wrote %d files to %s", len(written), directory)
+    return Report(directory, tuple(written), skipped, tuple(removed))
+
+
+# -- MLflow -----------------------------------------------------------------------------------
+
+
+def log_report(
+    client: MlflowClient,
+    tracking: TrackingSettings,
+    storage: StorageSettings,
+    spec: StudySpec,
+    study: optuna.Study,
+    report: Report,
+) -> tuple[StudyRun, bool]:
+    """Log the report's files to the study's parent run under `report/`; (run, created).
+
+    The parent run is looked up without writing anything; a study never mirrored to this
+    tracking store gets its parent run created, as `hpo run` would have. Logging again
+    replaces the files; only this report's files are logged, not everything in its directory.
+    """
+    from ._best import find_parent_run
+    from ._tracking import ensure_parent_run
+
+    parent = find_parent_run(client, tracking, study)
+    created = parent is None
+    if parent is None:
+        parent = ensure_parent_run(client, tracking, storage, spec, study)
+    for path in report.written:
+        client.log_artifact(parent.run_id, str(path), artifact_path=ARTIFACT_PATH)
+    return parent, created
