@@ -7,6 +7,7 @@ names are the book's and the configs' own: one vocabulary from the trainer to th
 
 from __future__ import annotations
 
+import datetime
 import json
 import math
 from typing import Any
@@ -16,7 +17,9 @@ from trainer import OPTIMIZERS
 from ._config import TrainConfig
 from ._errors import ConfigError
 
-SECTIONS: tuple[str, ...] = ("study", "data", "model", "train", "search", "sampler", "pruner")
+SECTIONS: tuple[str, ...] = (
+    "study", "data", "model", "train", "search", "sampler", "pruner", "narrowing", "enqueue",
+)  # fmt: skip
 
 # Kinds of value, checked before any range: "int" refuses booleans (True is an int in Python)
 # and floats; "number" takes integers and finite floats, never booleans.
@@ -66,6 +69,11 @@ SECTION_KEYS: dict[str, dict[str, str]] = {
     "model": MODEL_KEYS,
     "train": TRAIN_KEYS,
 }
+# Written by `hpo narrow` (see hpo._narrowing), and neither defines what a trial trains, so
+# neither is in a study's fingerprint: `[narrowing]` says where a stage came from (provenance
+# only), each `[[enqueue]]` table is a trial to run first, e.g. a parent trial to reproduce.
+NARROWING_KEYS = {"parent": "str", "rule": "str", "parent_best": "number", "created": "date"}
+ENQUEUE_KEYS = {"params": "table", "seed": "int", "parent_trial": "int"}
 # Not TrainConfig fields: hidden_size_list = [hidden_size] * n_hidden_layers.
 VIRTUAL_KEYS: tuple[str, ...] = ("n_hidden_layers", "hidden_size")
 SETTING_KINDS: dict[str, str] = {**MODEL_KEYS, **TRAIN_KEYS}
@@ -95,6 +103,7 @@ _KIND_TEXT = {
     "int_list": "a list of integers",
     "str_or_number": "a string or a number",
     "table": "a table",
+    "date": "a date such as 2026-11-23",
 }
 
 
@@ -113,6 +122,8 @@ def toml_repr(value: Any) -> str:
         return "[" + ", ".join(toml_repr(v) for v in value) + "]"
     if isinstance(value, dict):
         return "{ " + ", ".join(f"{k} = {toml_repr(v)}" for k, v in value.items()) + " }"
+    if isinstance(value, datetime.date):
+        return value.isoformat()
     return repr(value)
 
 
@@ -124,6 +135,7 @@ def _type_name(value: Any) -> str:
         (str, "a string"),
         (list, "a list"),
         (dict, "a table"),
+        (datetime.date, "a date"),
     ):
         if isinstance(value, kind):
             return name
@@ -153,6 +165,8 @@ def has_kind(value: Any, kind: str) -> bool:
         return isinstance(value, str) or is_number(value)
     if kind == "table":
         return isinstance(value, dict)
+    if kind == "date":
+        return isinstance(value, datetime.date)  # a TOML date or date-time, not a string
     raise AssertionError(f"unknown kind {kind!r}")
 
 

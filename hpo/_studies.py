@@ -132,6 +132,12 @@ def _create(storage: optuna.storages.RDBStorage, spec: StudySpec) -> None:
             "seed": spec.study.seed,
         },
     )
+    # The [[enqueue]] trials (a narrowed stage's parent trials) are enqueued here, once, as
+    # the study is created under the storage lock, so that they run before any sampled trial
+    # and a resumed study never enqueues them again. Before the fingerprint: a study killed
+    # half-way through is refused as "not created by hpo", never run with trials missing.
+    for trial in spec.enqueue:
+        study.enqueue_trial(dict(trial.params), user_attrs=trial.user_attrs())
     study.set_user_attr(FINGERPRINT_ATTR, fingerprint(spec))
     study.set_user_attr(UID_ATTR, uuid.uuid4().hex)
     study.set_user_attr(WORKERS_ATTR, 0)

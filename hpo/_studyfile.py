@@ -8,12 +8,14 @@ variables are read here and nowhere below: `HPO_DATA_DIR` picks the IDX data dir
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 from trainer.data import DATASETS
@@ -22,7 +24,9 @@ from ._config import DataConfig, TrainConfig
 from ._data import DATA_DIR_ENV, default_data_dir
 from ._errors import ConfigError
 from ._keys import (
+    ENQUEUE_KEYS,
     MODEL_KEYS,
+    NARROWING_KEYS,
     SECTION_KEYS,
     SECTIONS,
     SETTING_KINDS,
@@ -36,7 +40,7 @@ from ._keys import (
 )
 from ._samplers import PRUNERS, SAMPLERS, PrunerSpec, SamplerSpec
 from ._searchfile import hidden_sizes, parse_search
-from ._space import SearchSpace
+from ._space import ParamSpec, SearchSpace, same_value
 
 # The metric each trial returns, and the direction that improves it.
 METRICS: dict[str, str] = {"val_acc": "maximize", "val_loss": "minimize"}
@@ -93,8 +97,55 @@ class StudySettings:
 
 
 @dataclass(frozen=True, repr=False)
+class EnqueuedTrial:
+    """An `[[enqueue]]` table: a trial to run before any sampled one, with these parameters
+    and this seed.
+
+    `hpo narrow` writes one for each parent trial worth re-running, so that the next stage
+    starts from the parent's best trials reproduced exactly (same parameters, seed and, the
+    study seed being the same, split). `parent_trial` is that trial's number, for the record.
+    A searched setting missing from `params` is sampled as usual.
+    """
+
+    params: Mapping[str, Any]
+    seed: int
+    parent_trial: int | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "params", MappingProxyType(dict(self.params)))
+        if not is_int(self.seed) or self.seed < 0:
+            raise ConfigError(
+                f"must be an integer >= 0, but got {toml_repr(self.seed)}", key="enqueue.seed"
+            )
+        if self.parent_trial is not None and (
+            not is_int(self.parent_trial) or self.parent_trial < 0
+        ):
+            raise ConfigError(
+                f"must be a trial number (an integer >= 0), but got "
+                f"{toml_repr(self.parent_trial)}",
+                key="enqueue.parent_trial",
+            )
+
+    def __repr__(self) -> str:
+        parent = f", parent_trial={self.parent_trial}" if self.parent_trial is not None else ""
+        return f"EnqueuedTrial({dict(self.params)!r}, seed={self.seed}{parent})"
+
+    def user_attrs(self) -> dict[str, Any]:
+        """The Optuna user attributes the trial starts with: its seed, which
+        `hpo._objective.trial_seed` then uses as is, and the parent trial's number."""
+        attrs: dict[str, Any] = {"seed": self.seed}
+        if self.parent_trial is not None:
+            attrs["parent_trial"] = self.parent_trial
+        return attrs
+
+
+@dataclass(frozen=True, repr=False)
 class StudySpec:
-    """A whole study file, validated: everything `hpo run` needs except the storage."""
+    """A whole study file, validated: everything `hpo run` needs except the storage.
+
+    `enqueue` and `narrowing` come from `hpo narrow`'s stages: trials to run first, and where
+    the stage came from. Neither defines what a trial trains (see `hpo._studies.fingerprint`).
+    """
 
     path: Path | None
     source_text: str
@@ -104,6 +155,8 @@ class StudySpec:
     space: SearchSpace
     sampler: SamplerSpec
     pruner: PrunerSpec
+    enqueue: tuple[EnqueuedTrial, ...] = ()
+    narrowing: Mapping[str, Any] | None = None
 
     def with_overrides(
         self,
@@ -145,7 +198,9 @@ class StudySpec:
             f"StudySpec({self.study.name!r}, path={str(self.path) if self.path else None!r}, "
             f"{self.study.metric} ({self.study.direction}), n_trials={self.study.n_trials}, "
             f"seed={self.study.seed}, dataset={self.data.dataset!r}, "
-            f"searching [{', '.join(self.space.names())}], {self.sampler!r}, {self.pruner!r})"
+            f"searching [{', '.join(self.space.names())}], {self.sampler!r}, {self.pruner!r}"
+            + (f", {len(self.enqueue)} enqueued" if self.enqueue else "")
+            + ")"
         )
 
 
@@ -190,18 +245,20 @@ def parse_study(
 
 
 def _tables(document: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
-    tables: dict[str, dict[str, Any]] = {name: {} for name in SECTIONS}
+    """Every section but `[[enqueue]]` (an array of tables, see `_enqueued`), keys checked."""
+    tables: dict[str, dict[str, Any]] = {name: {} for name in SECTIONS if name != "enqueue"}
     for name, value in document.items():
         if name not in SECTIONS:
             home = section_of(name)
             hint = f"{name} belongs in [{home}]" if home else f"unknown section [{name}]"
-            raise ConfigError(
-                f"{hint}; the sections are {', '.join(f'[{s}]' for s in SECTIONS)}", key=name
-            )
+            headers = ", ".join(f"[[{s}]]" if s == "enqueue" else f"[{s}]" for s in SECTIONS)
+            raise ConfigError(f"{hint}; the sections are {headers}", key=name)
+        if name == "enqueue":
+            continue
         if not isinstance(value, dict):
             raise ConfigError(f"must be a section [{name}], but got {toml_repr(value)}", key=name)
         tables[name] = dict(value)
-    for name, keys in SECTION_KEYS.items():
+    for name, keys in {**SECTION_KEYS, "narrowing": NARROWING_KEYS}.items():
         for key in tables[name]:
             if key not in keys:
                 home = section_of(key)
@@ -250,6 +307,9 @@ def _parse(
         values["hidden_size_list"] = hidden
     base = _train_config(values)
     space = parse_search(search, fixed=fixed, base=base)
+    provenance = dict(tables["narrowing"])
+    if "parent_best" in provenance:
+        provenance["parent_best"] = float(provenance["parent_best"])
     return StudySpec(
         path=None,
         source_text=source_text,
@@ -261,6 +321,74 @@ def _parse(
         pruner=PrunerSpec(*_named(tables["pruner"], "pruner", DEFAULT_PRUNER)).for_epochs(
             base.epochs
         ),
+        enqueue=_enqueued(document.get("enqueue"), space),
+        narrowing=MappingProxyType(provenance) if "narrowing" in document else None,
+    )
+
+
+def _enqueued(value: Any, space: SearchSpace) -> tuple[EnqueuedTrial, ...]:
+    """The `[[enqueue]]` tables, each parameter a searched setting with a value it can take."""
+    if value is None:
+        return ()
+    if not isinstance(value, list) or not all(isinstance(table, dict) for table in value):
+        raise ConfigError(
+            "must be an array of tables: one [[enqueue]] header per trial, with "
+            "params = { ... } and seed = ... under it",
+            key="enqueue",
+        )
+    searched = {param.name: param for param in space.params}
+    trials = []
+    for index, table in enumerate(value):
+        key = f"enqueue[{index}]"
+        for name in table:
+            if name not in ENQUEUE_KEYS:
+                raise ConfigError(
+                    f"unknown key {name!r}; the keys of [[enqueue]] are {', '.join(ENQUEUE_KEYS)}",
+                    key=f"{key}.{name}",
+                )
+            check_kind(table[name], ENQUEUE_KEYS[name], key=f"{key}.{name}")
+        for name in ("params", "seed"):
+            if name not in table:
+                raise ConfigError(
+                    "needs params = { <searched setting> = <value>, ... } and seed = <integer "
+                    f">= 0>, but {name} is missing",
+                    key=f"{key}.{name}",
+                )
+        params = {}
+        for name, param_value in table["params"].items():
+            if name not in searched:
+                there = ", ".join(searched) or "none"
+                raise ConfigError(
+                    f"{name} is not a searched setting of this study, so a trial cannot be "
+                    f"given a value for it; the searched settings are: {there}",
+                    key=f"{key}.params.{name}",
+                )
+            params[name] = _enqueued_value(searched[name], param_value, key=f"{key}.params.{name}")
+        try:
+            trials.append(EnqueuedTrial(params, table["seed"], table.get("parent_trial")))
+        except ConfigError as error:
+            field = (error.key or "").removeprefix("enqueue.")
+            raise ConfigError(error.message, key=f"{key}.{field}") from None
+    return tuple(trials)
+
+
+def _enqueued_value(param: ParamSpec, value: Any, *, key: str) -> Any:
+    """`value` as the trial will be given it, if `param` can take it; else a ConfigError."""
+    if param.type == "categorical":
+        assert param.choices is not None
+        for choice in param.choices:
+            if same_value(value, choice):
+                return choice
+    elif (is_int(value) if param.type == "int" else is_number(value)) and (
+        param.low <= value <= param.high  # type: ignore[operator]
+    ):
+        if param.step is None:
+            return float(value) if param.type == "float" else value
+        steps = (value - param.low) / param.step
+        if math.isclose(steps, round(steps), rel_tol=0, abs_tol=1e-9):
+            return float(value) if param.type == "float" else value
+    raise ConfigError(
+        f"{toml_repr(value)} is not a value the study searches: {param.describe()}", key=key
     )
 
 
