@@ -34,9 +34,8 @@ from hpo._data import load_splits
 from hpo._objective import Objective
 from hpo._run import pruning_mirror
 from hpo._runner import Worker
-from hpo._seeds import derive_seed
 from hpo._storage import resolve_storage
-from hpo._studies import SAMPLER_STREAM, join_study, prepare_study
+from hpo._studies import join_study, prepare_study, sampler_seed
 from hpo._studyfile import load_study_file
 
 REPO = Path(__file__).resolve().parents[1]
@@ -58,10 +57,10 @@ class EveryEpochObjective(Objective):
 
 def time_storages(spec, splits, urls: dict[str, str], trials: int, naive: bool) -> dict:
     objective_cls = EveryEpochObjective if naive else Objective
-    sampler_seed = derive_seed(spec.study.seed, SAMPLER_STREAM, 0)
+    seed = sampler_seed(spec, 0)
     memory = optuna.create_study(
         direction=spec.study.direction,
-        sampler=spec.sampler.build(seed=sampler_seed),
+        sampler=spec.sampler.build(seed=seed),
         pruner=spec.pruner.build(epochs=spec.base.epochs),
     )
     workers = {}

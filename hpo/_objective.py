@@ -20,10 +20,10 @@ from trainer.data import DataSplits
 
 from ._config import TrainConfig
 from ._pruning import PruningMirror
-from ._seeds import INIT_STREAM, SHUFFLE_STREAM, derive_seed
+from ._seeds import INIT_STREAM, SHUFFLE_STREAM, derive_seed, name_key
 from ._studyfile import StudySpec
 
-TRIAL_STREAM = 2  # per-trial seeds: derive_seed(study_seed, TRIAL_STREAM, trial_number)
+TRIAL_STREAM = 2  # per-trial seeds: derive_seed(seed, TRIAL_STREAM, name_key(name), number)
 METRICS = ("train_loss", "train_acc", "val_loss", "val_acc")
 
 
@@ -41,19 +41,20 @@ class TrialObserver(Protocol):
         to the trial)."""
 
 
-def trial_seed(trial: optuna.trial.BaseTrial, study_seed: int) -> int:
+def trial_seed(trial: optuna.trial.BaseTrial, study_seed: int, study_name: str) -> int:
     """The seed that makes this trial reproducible, recorded with the trial when it starts.
 
     A seed already in the trial's user attributes wins: a trial enqueued to reproduce another
     carries its seed, and Optuna's retry of a trial whose worker died copies the original's
-    user attributes, seed included. Otherwise it derives from the study seed and the number.
+    user attributes, seed included. Otherwise it derives from the study's seed, its name
+    and the trial number.
     (A worker killed in the milliseconds between claiming a trial and recording its seed
     trained nothing; the retry then gets the same parameters and a seed of its own.)
     """
     fixed = _initial_user_attrs(trial).get("seed")
     if fixed is not None:
         return int(fixed)
-    seed = derive_seed(study_seed, TRIAL_STREAM, trial.number)
+    seed = derive_seed(study_seed, TRIAL_STREAM, name_key(study_name), trial.number)
     trial.set_user_attr("seed", seed)
     return seed
 
@@ -114,7 +115,7 @@ class Objective:
 
     def __call__(self, trial: optuna.trial.BaseTrial) -> float:
         config = self.config_for(trial)
-        seed = trial_seed(trial, self.spec.study.seed)
+        seed = trial_seed(trial, self.spec.study.seed, self.spec.study.name)
         history = EpochHistory()
         for observer in self.observers:
             observer.trial_started(trial, seed)

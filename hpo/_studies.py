@@ -22,7 +22,7 @@ import optuna
 
 from ._errors import ConfigError
 from ._locks import StorageLock
-from ._seeds import derive_seed
+from ._seeds import derive_seed, name_key
 from ._storage import StorageSettings, open_storage
 from ._studyfile import StudySpec, parse_study
 
@@ -32,7 +32,7 @@ SPEC_ATTR = "hpo:spec"
 FINGERPRINT_ATTR = "hpo:fingerprint"
 WORKERS_ATTR = "hpo:workers_joined"
 UID_ATTR = "hpo:uid"  # tells apart same-named studies of different storages in one MLflow
-SAMPLER_STREAM = 3  # per-worker sampler seeds: derive_seed(study_seed, SAMPLER_STREAM, index)
+SAMPLER_STREAM = 3  # per-worker sampler seeds: see sampler_seed
 
 
 def fingerprint(spec: StudySpec) -> dict[str, Any]:
@@ -144,6 +144,12 @@ def _create(storage: optuna.storages.RDBStorage, spec: StudySpec) -> None:
     logger.info("created study %r", spec.study.name)
 
 
+def sampler_seed(spec: StudySpec, worker_index: int) -> int:
+    """The sampler seed of one worker of one study: from the study's seed, its name and the
+    worker's index, so that neither two workers nor two studies of the same seed draw alike."""
+    return derive_seed(spec.study.seed, SAMPLER_STREAM, name_key(spec.study.name), worker_index)
+
+
 def join_study(
     settings: StorageSettings, spec: StudySpec, *, worker_index: int | None = None
 ) -> JoinedStudy:
@@ -163,11 +169,11 @@ def join_study(
         with StorageLock(settings, "setup"):
             worker_index = int(storage.get_study_user_attrs(study_id).get(WORKERS_ATTR, 0))
             storage.set_study_user_attr(study_id, WORKERS_ATTR, worker_index + 1)
-    sampler_seed = derive_seed(spec.study.seed, SAMPLER_STREAM, worker_index)
+    seed = sampler_seed(spec, worker_index)
     study = optuna.load_study(
         study_name=name,
         storage=storage,
-        sampler=spec.sampler.build(seed=sampler_seed),
+        sampler=spec.sampler.build(seed=seed),
         pruner=spec.pruner.build(epochs=spec.base.epochs),
     )
     return JoinedStudy(study, storage, study_id, worker_index)

@@ -56,7 +56,7 @@ def test_the_same_trial_number_and_params_reproduce_bit_for_bit(spec, splits):
 def test_a_seed_given_with_the_trial_wins(spec, splits):
     trial = optuna.trial.FixedTrial({"lr": 0.003}, number=3)
     trial.set_user_attr("seed", 12345)
-    assert trial_seed(trial, spec.study.seed) == 12345
+    assert trial_seed(trial, spec.study.seed, spec.study.name) == 12345
     replayed = replay_trial(spec, splits, {"lr": 0.003}, 12345)
     Objective(spec, splits)(trial)
     assert replayed == trial.user_attrs["history"]

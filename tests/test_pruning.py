@@ -9,9 +9,8 @@ from hpo._data import load_splits
 from hpo._objective import Objective
 from hpo._run import pruning_mirror
 from hpo._runner import Worker
-from hpo._seeds import derive_seed
 from hpo._storage import resolve_storage
-from hpo._studies import SAMPLER_STREAM, join_study, prepare_study
+from hpo._studies import join_study, prepare_study, sampler_seed
 from hpo._studyfile import load_study_file
 
 PRUNERS = {
@@ -39,7 +38,7 @@ def test_the_mirror_prunes_like_optuna_reporting_every_epoch(pruner, tiny_study_
     reference = optuna.create_study(
         study_name=spec.study.name,
         direction=spec.study.direction,
-        sampler=spec.sampler.build(seed=derive_seed(spec.study.seed, SAMPLER_STREAM, 0)),
+        sampler=spec.sampler.build(seed=sampler_seed(spec, 0)),
         pruner=spec.pruner.build(epochs=spec.base.epochs),
     )
     reference.optimize(Objective(spec, splits), n_trials=16)
