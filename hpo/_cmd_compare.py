@@ -128,17 +128,20 @@ def _cmd_compare(args: argparse.Namespace) -> int:
 
     studies, specs, rows = {}, {}, []
     for job in jobs:
-        study = load_existing_study(settings, job.study_name)
+        mine = [load_existing_study(settings, name) for name in job.studies]
         finished = sum(
-            t.state.name in ("COMPLETE", "PRUNED") for t in study.get_trials(deepcopy=False)
+            t.state.name in ("COMPLETE", "PRUNED")
+            for study in mine
+            for t in study.get_trials(deepcopy=False)
         )
         if finished < comparison.n_trials:
             raise ConfigError(
-                f"study {job.study_name!r} has {finished} of {comparison.n_trials} trials; run "
+                f"{job.study_name!r} has {finished} of {comparison.n_trials} trials; run "
                 "the comparison (without --report-only) to finish it"
             )
-        studies[job.study_name], specs[job.study_name] = study, stored_spec(study)
-        rows += study_rows(job, study)
+        for study in mine:
+            studies[study.study_name], specs[study.study_name] = study, stored_spec(study)
+        rows += study_rows(job, mine)
     print("retraining each study's best configuration once for its test accuracy ...")
     add_test_accuracy(rows, studies, specs)
     print(f"training the best configuration with {args.noise_trainings} other seeds ...")

@@ -50,9 +50,12 @@ class Arm:
 
 @dataclass(frozen=True)
 class Job:
+    """One arm at one seed: one study, or the stages of the narrowing arm, in order."""
+
     arm: Arm
     seed: int
-    study_name: str
+    study_name: str  # the job's label (its log file's name)
+    studies: tuple[str, ...]
 
 
 @dataclass(frozen=True)
@@ -65,13 +68,22 @@ class ComparePlan:
     seeds: tuple[int, ...]
     n_trials: int
     prefix: str
+    stages: int = 3  # of the narrowing arm
 
     def jobs(self) -> list[Job]:
-        return [
-            Job(arm, seed, f"{self.prefix}--{arm.sampler}-{arm.pruner}--seed{seed}")
-            for seed in self.seeds
-            for arm in self.arms
-        ]
+        from ._compare_narrowing import NARROWING, stage_names
+
+        jobs = []
+        for seed in self.seeds:
+            for arm in self.arms:
+                label = f"{self.prefix}--{arm.sampler}-{arm.pruner}--seed{seed}"
+                studies = (
+                    tuple(stage_names(self.prefix, arm.pruner, seed, self.stages))
+                    if arm.sampler == NARROWING
+                    else (label,)
+                )
+                jobs.append(Job(arm, seed, label, studies))
+        return jobs
 
     @property
     def reference(self) -> Arm | None:
@@ -91,10 +103,13 @@ def plan(
     seeds: int,
     n_trials: int | None,
 ) -> ComparePlan:
+    from ._compare_narrowing import NARROWING
+
     for name in samplers:
-        if name not in SAMPLERS:
+        if name not in SAMPLERS and name != NARROWING:
             raise ConfigError(
-                f"must be among {sorted(SAMPLERS)}, but got {name!r}", key="--samplers"
+                f"must be among {sorted([*SAMPLERS, NARROWING])}, but got {name!r}",
+                key="--samplers",
             )
     for name in pruners:
         if name not in PRUNERS:
@@ -108,7 +123,13 @@ def plan(
         raise ConfigError(f"must be at least 1, but got {budget}", key="--n-trials")
     arms = tuple(Arm(s, p) for s in dict.fromkeys(samplers) for p in dict.fromkeys(pruners))
     for arm in arms:  # a pruner that cannot decide within the epochs fails here, not later
-        spec.with_overrides(sampler=arm.sampler, pruner=arm.pruner)
+        sampler = "random" if arm.sampler == NARROWING else arm.sampler
+        spec.with_overrides(sampler=sampler, pruner=arm.pruner)
+    stages = 3
+    if any(a.sampler == NARROWING for a in arms) and budget < stages:
+        raise ConfigError(
+            f"the narrowing arm needs at least {stages} trials, one per stage", key="--n-trials"
+        )
     base_seed = spec.study.seed
     return ComparePlan(
         spec=spec,
@@ -117,6 +138,7 @@ def plan(
         seeds=tuple(base_seed + k for k in range(seeds)),
         n_trials=budget,
         prefix=f"compare-{spec.study.name}",
+        stages=stages,
     )
 
 
@@ -160,16 +182,7 @@ def run_jobs(
             while pending and len(running) < workers:
                 job = pending.pop(0)
                 log = log_dir / f"{job.study_name}.log"
-                command = [
-                    sys.executable, "-m", "hpo.cli", "run", str(comparison.study_file),
-                    "--study-name", job.study_name, "--sampler", job.arm.sampler,
-                    "--pruner", job.arm.pruner, "--seed", str(job.seed),
-                    "--n-trials", str(comparison.n_trials), "--no-progress",
-                ]  # fmt: skip
-                if tracking.enabled:
-                    command += ["--experiment", tracking.experiment or comparison.prefix]
-                else:
-                    command.append("--no-mlflow")
+                command = _command(comparison, job, tracking, log_dir.parent / "stages")
                 with open(log, "a") as out:
                     process = subprocess.Popen(command, env=env, stdout=out, stderr=out)
                 running.append((job, process, log))
@@ -187,6 +200,29 @@ def run_jobs(
             process.wait(timeout=60)
         raise
     return outcomes
+
+
+def _command(
+    comparison: ComparePlan, job: Job, tracking: TrackingSettings, stage_dir: Path
+) -> list[str]:
+    from ._compare_narrowing import NARROWING
+
+    common = ["--no-mlflow"] if not tracking.enabled else [
+        "--experiment", tracking.experiment or comparison.prefix
+    ]  # fmt: skip
+    if job.arm.sampler == NARROWING:
+        return [
+            sys.executable, "-m", "hpo._compare_narrowing", str(comparison.study_file),
+            "--prefix", comparison.prefix, "--pruner", job.arm.pruner, "--seed", str(job.seed),
+            "--n-trials", str(comparison.n_trials), "--stages", str(comparison.stages),
+            "--stage-dir", str(stage_dir), *common,
+        ]  # fmt: skip
+    return [
+        sys.executable, "-m", "hpo.cli", "run", str(comparison.study_file),
+        "--study-name", job.study_name, "--sampler", job.arm.sampler,
+        "--pruner", job.arm.pruner, "--seed", str(job.seed),
+        "--n-trials", str(comparison.n_trials), "--no-progress", *common,
+    ]  # fmt: skip
 
 
 # -- what the studies did, as rows ----------------------------------------------------------------
@@ -223,12 +259,18 @@ def _epochs(trial: FrozenTrial) -> int:
     return len((trial.user_attrs.get("history") or {}).get("val_acc", []))
 
 
-def study_rows(job: Job, study: optuna.Study) -> list[Row]:
-    """The study's trials in order; only finished ones count towards the budget's index."""
-    maximize = study.direction == optuna.study.StudyDirection.MAXIMIZE
+def study_rows(job: Job, studies: Sequence[optuna.Study]) -> list[Row]:
+    """The job's trials in order (a narrowing arm's stages one after the other); only finished
+    trials count towards the budget's index."""
+    maximize = studies[0].direction == optuna.study.StudyDirection.MAXIMIZE
     rows: list[Row] = []
     index, epochs_so_far, best = 0, 0, None
-    for trial in sorted(study.get_trials(deepcopy=False), key=lambda t: t.number):
+    trials = [
+        (study.study_name, trial)
+        for study in studies
+        for trial in sorted(study.get_trials(deepcopy=False), key=lambda t: t.number)
+    ]
+    for study_name, trial in trials:
         if trial.state not in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL):
             continue
         epochs = _epochs(trial)
@@ -246,7 +288,7 @@ def study_rows(job: Job, study: optuna.Study) -> list[Row]:
                 sampler=job.arm.sampler,
                 pruner=job.arm.pruner,
                 seed=job.seed,
-                study=job.study_name,
+                study=study_name,
                 index=index if finished else None,
                 number=trial.number,
                 state=trial.state.name,
@@ -266,7 +308,9 @@ def _best_row(rows: list[Row], maximize: bool) -> Row | None:
     if not complete:
         return None
     sign = 1.0 if maximize else -1.0
-    return max(complete, key=lambda r: (sign * r.value, -r.number))
+    # Ties go to the earliest trial in the arm's order (stages one after the other).
+    _, best = max(enumerate(complete), key=lambda item: (sign * item[1].value, -item[0]))
+    return best
 
 
 def write_rows(rows: list[Row], path: Path) -> None:
@@ -317,20 +361,20 @@ def add_test_accuracy(
     """
     from ._best import evaluate_on_test, retrain
 
-    by_study: dict[str, list[Row]] = {}
+    by_run: dict[tuple[str, int], list[Row]] = {}
     for row in rows:
         if row.kind == "trial":
-            by_study.setdefault(row.study, []).append(row)
-    for name, study_rows_ in by_study.items():
-        study = studies[name]
-        maximize = study.direction == optuna.study.StudyDirection.MAXIMIZE
-        best = _best_row(study_rows_, maximize)
+            by_run.setdefault((row.arm, row.seed), []).append(row)
+    for run_rows in by_run.values():
+        maximize = studies[run_rows[0].study].direction == optuna.study.StudyDirection.MAXIMIZE
+        best = _best_row(run_rows, maximize)
         if best is None:
             continue
+        study = studies[best.study]
         trial = next(t for t in study.get_trials(deepcopy=False) if t.number == best.number)
-        retrained = retrain(specs[name], trial)
+        retrained = retrain(specs[best.study], trial)
         if not retrained.identical:
-            raise RuntimeError(f"{retrained!r}: the best trial of {name} did not reproduce")
+            raise RuntimeError(f"{retrained!r}: the best trial of {best.study} did not reproduce")
         best.test_acc = evaluate_on_test(retrained).acc
 
 

@@ -356,3 +356,24 @@ def test_compare_mistakes_exit_2_with_one_line(compare_file, tmp_path, args, mes
     assert message in done.stderr
     assert done.stderr.strip().count("\n") == 0
     assert re.search("Traceback", done.stderr) is None
+
+
+def test_the_narrowing_arm_runs_the_books_stages_within_the_same_budget(compare_file, tmp_path):
+    done = _compare(compare_file, tmp_path, "--samplers", "random,narrowing", "--pruners",
+                    "none", "--seeds", "1", "--n-trials", "9")  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    rows = [r for r in _rows(tmp_path / "report" / "results.csv") if r["kind"] == "trial"]
+    arm = [r for r in rows if r["arm"] == "narrowing+none"]
+    stages = [r["study"].rsplit("--", 1)[1] for r in arm]
+    assert stages == ["stage1"] * 3 + ["stage2"] * 3 + ["stage3"] * 3  # 9 trials, 3 stages
+    assert [int(r["index"]) for r in arm] == list(range(1, 10))  # one sequence, one budget
+    bests = [float(r["best_so_far"]) for r in arm]
+    assert bests == sorted(bests)  # the best so far is never lost between stages
+    from hpo._studyfile import load_study_file
+
+    stage_dir = tmp_path / "report" / "stages"
+    for j in (2, 3):
+        spec = load_study_file(stage_dir / f"compare-tiny--narrowing-none--seed1--stage{j}.toml")
+        lr = spec.space.params[0]
+        assert 1e-4 <= lr.low < lr.high <= 1e-1  # narrowed, never outside the file's range
+        assert spec.narrowing["parent"].endswith(f"stage{j - 1}")
