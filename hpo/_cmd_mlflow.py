@@ -34,6 +34,8 @@ def _add_sync_parser(commands: Commands) -> None:
 
 
 def _cmd_sync(args: argparse.Namespace) -> int:
+    from optuna.trial import TrialState
+
     from ._errors import ConfigError
     from ._mlflow_sync import sync_study
     from ._storage import resolve_storage
@@ -46,7 +48,10 @@ def _cmd_sync(args: argparse.Namespace) -> int:
     client = make_client(tracking)
     try:
         parent = ensure_parent_run(client, tracking, settings, spec, study)
-        report = sync_study(client, parent, study, spec.study.metric, settle_s=args.settle)
+        # With no trial running, no worker is active, so nothing can be in flight.
+        running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+        settle = args.settle if running else 0.0
+        report = sync_study(client, parent, study, spec.study.metric, settle_s=settle)
     except Exception as error:
         if isinstance(error, ConfigError):
             raise

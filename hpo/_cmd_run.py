@@ -89,8 +89,12 @@ def _cmd_run(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGINT, _interrupt_once)
     new = prepare_study(settings, spec)
     name, n_trials = spec.study.name, spec.study.n_trials
-    if args.worker:
-        return _exit_status(run_in_process(spec, settings, tracking=tracking), args)
+    if args.worker:  # one of `hpo run --workers N`'s processes: it mirrors its own trials
+        outcome = run_in_process(spec, settings, tracking=tracking)
+        finish_tracking(
+            spec, settings, tracking, interrupted=outcome.interrupted, settled=outcome.trials
+        )
+        return _exit_status(outcome, args)
 
     print(
         f"{'created' if new else 'resuming'} study {name!r} in {settings.redacted()}: "
@@ -113,7 +117,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
     finally:
         bar.close()
     elapsed = time.perf_counter() - started
-    mirrored = finish_tracking(spec, settings, tracking, interrupted=outcome.interrupted)
+    mirrored = finish_tracking(
+        spec, settings, tracking, interrupted=outcome.interrupted, settled=outcome.trials
+    )
     study = load_existing_study(settings, name)
     lines = best_lines(study, spec.study.metric, n=5)
     if lines:

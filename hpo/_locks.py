@@ -26,6 +26,7 @@ from ._storage import StorageSettings, StorageUnavailable, engine_kwargs, first_
 
 _THREAD_LOCKS: dict[str, threading.Lock] = {}
 _POLL_S = 0.02
+_RECONNECT_S = 0.5
 
 
 class LockTimeout(TimeoutError):
@@ -42,11 +43,19 @@ class StorageLock:
     """`with StorageLock(settings, "claim:my-study"):` holds the named lock for this storage.
 
     Reentrant use is not supported; `timeout` bounds the wait (a holder is expected to keep
-    it for milliseconds).
+    it for milliseconds). A lock taken once gives its connection back on release; one taken
+    at every claim keeps it (`reuse=True`) until `close()`.
     """
 
-    def __init__(self, settings: StorageSettings, name: str, *, timeout: float = 120.0):
-        self.settings, self.name, self.timeout = settings, name, timeout
+    def __init__(
+        self,
+        settings: StorageSettings,
+        name: str,
+        *,
+        timeout: float = 120.0,
+        reuse: bool = False,
+    ):
+        self.settings, self.name, self.timeout, self.reuse = settings, name, timeout, reuse
         self._engine: sqlalchemy.Engine | None = None
         self._connection: sqlalchemy.Connection | None = None
         self._file: int | None = None
@@ -70,6 +79,8 @@ class StorageLock:
         tb: TracebackType | None,
     ) -> None:
         self._release()
+        if not self.reuse:
+            self.close()
 
     def _try_acquire(self) -> bool:
         if self.settings.backend == "postgresql":
@@ -98,10 +109,12 @@ class StorageLock:
                     f"cannot open {self.settings.redacted()}: {first_line(error)}",
                     key="storage",
                 ) from None
-            # A restarted server: reconnect on the next try, until the timeout.
+            # A restarted server: reconnect on the next try, until the timeout, without
+            # hammering a server that is still down.
             if self._connection is not None:
                 self._connection.invalidate()
                 self._connection = None
+            time.sleep(_RECONNECT_S)
             return False
         return bool(acquired)
 

@@ -10,6 +10,7 @@ less than `settle_s` ago are left alone: their worker may still be sending them.
 from __future__ import annotations
 
 import logging
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
@@ -85,19 +86,22 @@ def sync_study(
     metric: str,
     *,
     settle_s: float = 30.0,
+    settled: Collection[int] = (),
 ) -> SyncReport:
+    """Mirror what MLflow lacks. A trial that ended less than `settle_s` ago is left to its
+    worker, which may still be sending it (a run created here too would be a duplicate),
+    unless its number is in `settled`: trials of workers known to have finished sending."""
     report = SyncReport()
     runs = child_runs(client, parent)
     now = datetime.now()
-    if not study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        settle_s = 0.0  # no worker is active: nothing can be in flight
     for trial in study.get_trials(deepcopy=False, states=FINISHED):
         run = runs.get(trial.number)
         if run is not None and run.data.tags.get(COMPLETE_TAG) == "true":
             report.unchanged += 1
             continue
         ended = trial.datetime_complete
-        if ended is not None and (now - ended).total_seconds() < settle_s:
+        recent = ended is not None and (now - ended).total_seconds() < settle_s
+        if recent and trial.number not in settled:
             report.recent.append(trial.number)
             continue
         if run is None:

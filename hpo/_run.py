@@ -9,7 +9,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 
 import optuna
@@ -17,6 +17,7 @@ import optuna
 from ._data import load_splits
 from ._objective import Objective
 from ._pruning import PruningMirror
+from ._retry import call_with_retry, is_transient
 from ._runner import Worker, WorkerResult
 from ._storage import StorageSettings, count_trials
 from ._studies import JoinedStudy, join_study
@@ -36,6 +37,7 @@ class RunOutcome:
     errors: tuple[str, ...] = ()
     worker_failures: int = 0
     gave_up: bool = False  # too many trials failed in a row
+    trials: tuple[int, ...] = ()  # numbers of the trials this process ran to their end
 
 
 def _finished(counts: dict[str, int]) -> int:
@@ -90,11 +92,13 @@ def run_in_process(
         spec, splits, mirror=pruning_mirror(joined, spec), observers=(mlflow,) if mlflow else ()
     )
     tracker = _ProgressTracker(joined, progress)
+    ran: list[int] = []
 
     def on_trial_end(trial: optuna.trial.FrozenTrial) -> None:
         if mlflow is not None:
             mlflow.trial_finished(trial)
         tracker.trial_ended(trial)
+        ran.append(trial.number)
 
     worker = Worker(
         joined,
@@ -108,7 +112,7 @@ def run_in_process(
     try:
         result: WorkerResult = worker.run()
     except KeyboardInterrupt:
-        return RunOutcome(_finished(worker.counts()), interrupted=True)
+        return RunOutcome(_finished(worker.counts()), interrupted=True, trials=tuple(ran))
     finally:
         if mlflow is not None:
             left = mlflow.close()
@@ -116,10 +120,11 @@ def run_in_process(
                 logger.info("trials not mirrored to MLflow yet: %s", sorted(left))
         joined.storage.engine.dispose()
     return RunOutcome(
-        _finished(count_trials(joined.storage, joined.study_id)),
+        _finished(call_with_retry(count_trials, joined.storage, joined.study_id)),
         timed_out=result.stopped_by == "timeout",
         errors=tuple(result.errors),
         gave_up=result.stopped_by == "failures",
+        trials=tuple(ran),
     )
 
 
@@ -156,7 +161,11 @@ def run_worker_processes(
     try:
         while any(child.poll() is None for child in children):
             if progress is not None:
-                progress(_finished(count_trials(storage, study_id)), _best(study))
+                try:
+                    progress(_finished(count_trials(storage, study_id)), _best(study))
+                except Exception as error:  # the workers ride out an outage; so does the bar
+                    if not is_transient(error):
+                        raise
             time.sleep(poll_interval)
     except KeyboardInterrupt:
         interrupted = True
@@ -168,7 +177,7 @@ def run_worker_processes(
                 child.wait(timeout=60)
             except subprocess.TimeoutExpired:
                 child.kill()
-    finished = _finished(count_trials(storage, study_id))
+    finished = _finished(call_with_retry(count_trials, storage, study_id))
     if progress is not None:
         progress(finished, _best(study))
     storage.engine.dispose()
@@ -190,9 +199,13 @@ class _ProgressTracker:
     def refresh(self) -> None:
         if self.progress is None:
             return
-        self.finished = _finished(count_trials(self.joined.storage, self.joined.study_id))
-        self.best = _best(self.joined.study)
         self._next_refresh = time.monotonic() + 1.0
+        try:
+            self.finished = _finished(count_trials(self.joined.storage, self.joined.study_id))
+            self.best = _best(self.joined.study)
+        except Exception as error:  # counted again at the next refresh
+            if not is_transient(error):
+                raise
         self.progress(self.finished, self.best)
 
     def trial_ended(self, trial: optuna.trial.FrozenTrial) -> None:
@@ -220,9 +233,17 @@ def _best(study: optuna.Study) -> float | None:
 
 
 def finish_tracking(
-    spec: StudySpec, settings: StorageSettings, tracking: TrackingSettings, *, interrupted: bool
+    spec: StudySpec,
+    settings: StorageSettings,
+    tracking: TrackingSettings,
+    *,
+    interrupted: bool,
+    settled: Collection[int] = (),
 ) -> str | None:
     """After a run: mirror what MLflow lacks, and close the parent run if the study is done.
+
+    `settled`: the trials this process ran, whose tracker has closed; other workers' recent
+    trials are left to them.
 
     Returns a line for the user, or None with tracking off. Never raises: MLflow being down
     here only means the mirror waits for `hpo sync-mlflow`.
@@ -236,7 +257,7 @@ def finish_tracking(
         client = make_client(tracking)
         study = load_existing_study(settings, spec.study.name)
         parent = ensure_parent_run(client, tracking, settings, spec, study)
-        report = sync_study(client, parent, study, spec.study.metric)
+        report = sync_study(client, parent, study, spec.study.metric, settled=settled)
         counts = Counter(t.state.name for t in study.get_trials(deepcopy=False))
         done = counts["COMPLETE"] + counts["PRUNED"] >= spec.study.n_trials
         if interrupted:

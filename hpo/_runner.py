@@ -24,6 +24,7 @@ import optuna
 from optuna.trial import TrialState
 
 from ._locks import StorageLock
+from ._retry import PATIENCE_S, Backoff, describe_error, is_transient
 from ._storage import StorageSettings, count_trials, orphaned_trial_ids
 from ._studies import JoinedStudy
 
@@ -32,6 +33,7 @@ logger = logging.getLogger(__name__)
 FINISHED = ("COMPLETE", "PRUNED")
 Objective = Callable[[optuna.Trial], float]
 TrialListener = Callable[[optuna.trial.FrozenTrial], None]
+_WAIT = object()  # a claim's answer while the rest of the budget is running elsewhere
 
 
 @dataclass
@@ -77,11 +79,59 @@ class _Heartbeat:
         self._thread.join()
 
     def _beat(self) -> None:
+        missed = 0
         while not self._stop.wait(self.interval):
             try:
                 self.storage.record_heartbeat(self.trial_id)
             except Exception as error:  # a beat must never kill the worker
-                logger.warning("heartbeat of trial id %s failed: %s", self.trial_id, error)
+                if not missed:
+                    logger.warning(
+                        "heartbeat of trial id %s failed (%s); trying again every %s s",
+                        self.trial_id,
+                        describe_error(error),
+                        self.interval,
+                    )
+                missed += 1
+                continue
+            if missed:
+                logger.warning(
+                    "heartbeat of trial id %s is back after %d missed", self.trial_id, missed
+                )
+                missed = 0
+
+
+class _Sweeper:
+    """Looks for dead workers' trials every `period` s from a thread, while this worker trains.
+
+    Without it, a dead worker's trial would be failed (and its retry queued) only at the next
+    claim of a live worker, a whole trial later; with it, within the grace period plus one
+    `period`. A sweep that meets a database outage is skipped; the next one tries again.
+    """
+
+    def __init__(self, sweep: Callable[[], None], period: float) -> None:
+        self.sweep, self.period = sweep, period
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="hpo-sweeper", daemon=True)
+
+    def __enter__(self) -> _Sweeper:
+        self._thread.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)  # a sweep stuck on a dead connection must not hang us
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.period):
+            try:
+                self.sweep()
+            except Exception as error:  # never fatal: the claims sweep too
+                logger.debug("sweep for stale trials skipped: %s", describe_error(error))
 
 
 class Worker:
@@ -107,7 +157,10 @@ class Worker:
         self.on_trial_end = on_trial_end
         self.poll_interval = poll_interval
         self.max_consecutive_failures = max_consecutive_failures
-        self._claims = StorageLock(settings, f"claim:{joined.study.study_name}")
+        # As patient as a storage call: during a restart, taking the lock waits for the server.
+        self._claims = StorageLock(
+            settings, f"claim:{joined.study.study_name}", timeout=PATIENCE_S, reuse=True
+        )
         self._next_sweep = float("-inf")  # the first claim looks for dead workers' trials
 
     @property
@@ -117,58 +170,89 @@ class Worker:
     def run(self) -> WorkerResult:
         result = WorkerResult()
         deadline = None if self.timeout is None else time.monotonic() + self.timeout
-        streak = 0
+        sweeper = _Sweeper(self._sweep_in_background, self.settings.grace_period / 2)
         try:
-            while True:
-                trial = self._claim(deadline)
-                if trial is None:
-                    result.stopped_by = (
-                        "timeout"
-                        if deadline is not None and time.monotonic() >= deadline
-                        else "budget"
-                    )
-                    return result
-                failed_before = result.failed
-                self._run_trial(trial, result)
-                streak = streak + 1 if result.failed > failed_before else 0
-                if streak >= self.max_consecutive_failures:
-                    # Failed trials do not count towards the budget: a broken objective
-                    # would otherwise start trials forever.
-                    result.stopped_by = "failures"
-                    return result
+            with sweeper:
+                return self._run_until_done(result, deadline)
         except KeyboardInterrupt:
             result.stopped_by = "interrupt"
             raise
         finally:
             self._claims.close()
 
+    def _run_until_done(self, result: WorkerResult, deadline: float | None) -> WorkerResult:
+        streak = 0
+        while True:
+            trial = self._claim(deadline)
+            if trial is None:
+                result.stopped_by = (
+                    "timeout"
+                    if deadline is not None and time.monotonic() >= deadline
+                    else "budget"
+                )
+                return result
+            failed_before = result.failed
+            self._run_trial(trial, result)
+            streak = streak + 1 if result.failed > failed_before else 0
+            if streak >= self.max_consecutive_failures:
+                # Failed trials do not count towards the budget: a broken objective would
+                # otherwise start trials forever.
+                result.stopped_by = "failures"
+                return result
+
+    def _sweep_in_background(self) -> None:
+        with self.joined.retrying.suspended():  # an outage skips a sweep instead of waiting
+            self._fail_dead_workers_trials()
+
     def counts(self) -> dict[str, int]:
         return count_trials(self.joined.storage, self.joined.study_id)
 
     def _claim(self, deadline: float | None) -> optuna.Trial | None:
-        """The next trial to run, or None once the budget is spent or the deadline passed."""
+        """The next trial to run, or None once the budget is spent or the deadline passed.
+
+        A claim that loses its database connection is retried whole, with backoff: the lock
+        lives on a connection too, and counting under a lost lock could overshoot the budget.
+        """
         waiting = False
+        backoff: Backoff | None = None
         while deadline is None or time.monotonic() < deadline:
-            with self._claims:
-                # A trial goes stale only after the grace period, so looking every half
-                # grace period (and whenever the budget is held by running trials) finds
-                # every one in time without costing each claim two more queries.
-                if waiting or time.monotonic() >= self._next_sweep:
-                    self._fail_dead_workers_trials()
-                    self._next_sweep = time.monotonic() + self.settings.grace_period / 2
-                counts = self.counts()
-                finished = sum(counts.get(state, 0) for state in FINISHED)
-                if finished >= self.n_trials:
-                    return None
-                if finished + counts.get("RUNNING", 0) < self.n_trials:
-                    with warnings.catch_warnings():
-                        # Optuna warns that heartbeats are meant for Study.optimize; this loop
-                        # is our Study.optimize, with the heartbeat below.
-                        warnings.simplefilter("ignore", UserWarning)
-                        return self.study.ask()
+            try:
+                with self._claims, self.joined.retrying.suspended():
+                    decision = self._try_claim(sweep=waiting)
+            except Exception as error:
+                if not is_transient(error):
+                    raise
+                backoff = backoff or Backoff(what=f"the storage {self.settings.redacted()}")
+                backoff.wait(error)
+                continue
+            if backoff is not None:
+                backoff.recovered()
+                backoff = None
+            if decision is not _WAIT:
+                return decision
             waiting = True
             time.sleep(self.poll_interval)  # the rest of the budget is running elsewhere
         return None
+
+    def _try_claim(self, *, sweep: bool) -> optuna.Trial | object | None:
+        """Under the claim lock: a new trial, None when the budget is spent, or `_WAIT`."""
+        # A trial goes stale only after the grace period, so looking every half grace period
+        # (and whenever the budget is held by running trials) finds every one in time
+        # without costing each claim two more queries.
+        if sweep or time.monotonic() >= self._next_sweep:
+            self._fail_dead_workers_trials()
+            self._next_sweep = time.monotonic() + self.settings.grace_period / 2
+        counts = self.counts()
+        finished = sum(counts.get(state, 0) for state in FINISHED)
+        if finished >= self.n_trials:
+            return None
+        if finished + counts.get("RUNNING", 0) >= self.n_trials:
+            return _WAIT
+        with warnings.catch_warnings():
+            # Optuna warns that heartbeats are meant for Study.optimize; this loop is our
+            # Study.optimize, with the heartbeat below.
+            warnings.simplefilter("ignore", UserWarning)
+            return self.study.ask()
 
     def _fail_dead_workers_trials(self) -> None:
         """Fail trials whose worker died (stale heartbeat, or none at all) and retry them once.
@@ -179,10 +263,10 @@ class Worker:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             optuna.storages.fail_stale_trials(self.study)
-        storage = self.joined.storage
+        storage = self.joined.retrying
         retry = storage.get_heartbeat_stale_trial_callback()
         for trial_id in orphaned_trial_ids(
-            storage, self.joined.study_id, self.settings.grace_period
+            self.joined.storage, self.joined.study_id, self.settings.grace_period
         ):
             try:
                 if not storage.set_trial_state_values(trial_id, state=TrialState.FAIL):
@@ -209,10 +293,18 @@ class Worker:
             message = f"trial {trial.number} failed: {type(error).__name__}: {error}"
             logger.warning(message)
             result.errors.append(message)
-        if state == TrialState.COMPLETE:
-            frozen = self.study.tell(trial, value)  # a NaN value makes Optuna fail the trial
-        else:
-            frozen = self.study.tell(trial, state=state)
+        try:
+            if state == TrialState.COMPLETE:
+                frozen = self.study.tell(trial, value)  # a NaN value makes Optuna fail it
+            else:
+                frozen = self.study.tell(trial, state=state)
+        except optuna.exceptions.UpdateFinishedTrialError:
+            # Its heartbeats were missed for a grace period (the database was down that
+            # long), so another worker failed it as stale and queued its retry.
+            message = f"trial {trial.number} was failed as stale while it ran; it is retried"
+            logger.warning(message)
+            result.errors.append(message)
+            frozen = self.joined.retrying.get_trial(trial._trial_id)
         if frozen.state == TrialState.COMPLETE:
             result.complete += 1
         elif frozen.state == TrialState.PRUNED:

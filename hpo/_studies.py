@@ -19,9 +19,11 @@ from pathlib import Path
 from typing import Any
 
 import optuna
+from optuna.storages._cached_storage import _CachedStorage
 
 from ._errors import ConfigError
 from ._locks import StorageLock
+from ._retry import RetryingStorage
 from ._seeds import derive_seed, name_key
 from ._storage import StorageSettings, open_storage
 from ._studyfile import StudySpec, parse_study
@@ -74,12 +76,17 @@ def _differences(stored: dict[str, Any], current: dict[str, Any], prefix: str = 
 
 @dataclass
 class JoinedStudy:
-    """A worker's handle on a study: the study object, its storage and the worker's index."""
+    """A worker's handle on a study: the study object, its storage and the worker's index.
+
+    `storage` is the database itself, for the runner's own queries; the study works through
+    `retrying`, which rides out a restart of the database.
+    """
 
     study: optuna.Study
     storage: optuna.storages.RDBStorage
     study_id: int
     worker_index: int
+    retrying: RetryingStorage
 
 
 def prepare_study(settings: StorageSettings, spec: StudySpec) -> bool:
@@ -170,13 +177,16 @@ def join_study(
             worker_index = int(storage.get_study_user_attrs(study_id).get(WORKERS_ATTR, 0))
             storage.set_study_user_attr(study_id, WORKERS_ATTR, worker_index + 1)
     seed = sampler_seed(spec, worker_index)
+    # The cache Optuna puts around an RDBStorage, which keeps finished trials in memory so
+    # that the sampler does not read them again at every ask, inside the retries.
+    retrying = RetryingStorage(_CachedStorage(storage), what=f"the storage {settings.redacted()}")
     study = optuna.load_study(
         study_name=name,
-        storage=storage,
+        storage=retrying,
         sampler=spec.sampler.build(seed=seed),
         pruner=spec.pruner.build(epochs=spec.base.epochs),
     )
-    return JoinedStudy(study, storage, study_id, worker_index)
+    return JoinedStudy(study, storage, study_id, worker_index, retrying)
 
 
 def load_existing_study(settings: StorageSettings, name: str) -> optuna.Study:

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import optuna
 import pytest
+from _checks import assert_study_is_whole
 
 from hpo._storage import count_trials, open_storage, resolve_storage
 
@@ -43,16 +44,6 @@ def _counts(storage_url: str, name: str = "tiny") -> Counter:
         return Counter(count_trials(storage, storage.get_study_id_from_name(name)))
     finally:
         storage.engine.dispose()
-
-
-def _assert_study_is_whole(storage_url: str, n_trials: int, name: str = "tiny") -> None:
-    """Exactly n_trials finished, nothing left running, no trial number twice."""
-    study = optuna.load_study(study_name=name, storage=storage_url)
-    states = Counter(t.state.name for t in study.trials)
-    assert states["COMPLETE"] + states["PRUNED"] == n_trials, states
-    assert states["RUNNING"] == 0, states
-    numbers = [t.number for t in study.trials]
-    assert len(numbers) == len(set(numbers))
 
 
 def _wait_for_running_trial(storage_url: str, process: subprocess.Popen, after: int) -> None:
@@ -104,7 +95,7 @@ def test_ctrl_c_marks_the_running_trial_failed_and_the_same_command_resumes(
     assert done.returncode == 0, done.stderr
     assert "resuming study 'tiny'" in done.stdout
     assert "tiny: 5/5 trials finished" in done.stdout
-    _assert_study_is_whole(storage_url, 5)
+    assert_study_is_whole(storage_url, 5)
 
 
 def test_a_killed_run_leaves_a_stale_trial_that_the_next_run_retries(
@@ -124,7 +115,7 @@ def test_a_killed_run_leaves_a_stale_trial_that_the_next_run_retries(
     assert _counts(storage_url)["RUNNING"] == 1  # nobody could mark it
     done = _run(["run", str(slow_study), "--no-progress"], storage_url, tmp_path)
     assert done.returncode == 0, done.stderr
-    _assert_study_is_whole(storage_url, 5)
+    assert_study_is_whole(storage_url, 5)
     study = optuna.load_study(study_name="tiny", storage=storage_url)
     failed = [t for t in study.trials if t.state.name == "FAIL"]
     assert len(failed) == 1
@@ -153,7 +144,7 @@ def test_workers_started_together_on_an_empty_database_share_one_study(
     for process, (_out, err) in zip(processes, results, strict=True):
         assert process.returncode == 0, err
         assert "Traceback" not in err
-    _assert_study_is_whole(storage_url, 24)
+    assert_study_is_whole(storage_url, 24)
     assert _counts(storage_url)["FAIL"] == 0
     study = optuna.load_study(study_name="tiny", storage=storage_url)
     assert study.user_attrs["hpo:workers_joined"] == 4
@@ -169,7 +160,7 @@ def test_hpo_run_workers_flag_starts_processes_and_keeps_the_budget(
     assert done.returncode == 0, done.stderr
     assert "tiny: 16/16 trials finished" in done.stdout
     assert done.stdout.count("Best-") == 5
-    _assert_study_is_whole(storage_url, 16)
+    assert_study_is_whole(storage_url, 16)
     assert _counts(storage_url)["FAIL"] == 0
 
 

@@ -11,6 +11,7 @@ from collections import Counter
 
 import optuna
 import pytest
+from _checks import mlflow_runs
 from mlflow import MlflowClient
 
 from hpo._data import load_splits
@@ -27,17 +28,6 @@ HPO = [sys.executable, "-m", "hpo.cli"]
 
 def _experiment() -> str:
     return f"test-{uuid.uuid4().hex[:10]}"
-
-
-def _runs(uri: str, experiment: str) -> tuple[list, list]:
-    """(parent runs, child runs) of an experiment."""
-    client = MlflowClient(tracking_uri=uri)
-    found = client.get_experiment_by_name(experiment)
-    assert found is not None, f"no experiment {experiment}"
-    runs = client.search_runs([found.experiment_id], max_results=1000)
-    parents = [r for r in runs if r.data.tags.get("hpo.role") == "study"]
-    children = [r for r in runs if r.data.tags.get("hpo.role") == "trial"]
-    return parents, children
 
 
 class Saboteur:
@@ -95,7 +85,7 @@ def study_setup(tiny_study_file, tmp_path, monkeypatch):
 def test_runs_mirror_trials_state_by_state(study_setup, tracking_uri):
     experiment = _experiment()
     study = study_setup(tracking_uri, experiment)
-    parents, children = _runs(tracking_uri, experiment)
+    parents, children = mlflow_runs(tracking_uri, experiment)
     assert len(parents) == 1
     trials = {t.number: t for t in study.get_trials(deepcopy=False)}
     assert sorted(int(r.data.tags["hpo.trial_number"]) for r in children) == sorted(trials)
@@ -159,7 +149,7 @@ def test_one_parent_run_after_four_workers_start_at_once_and_a_resume(
                     "--n-trials", "14", cwd=tmp_path)  # fmt: skip
     _out, err = more.communicate(timeout=300)
     assert more.returncode == 0, err
-    parents, children = _runs(mlflow_server.uri, experiment)
+    parents, children = mlflow_runs(mlflow_server.uri, experiment)
     assert len(parents) == 1
     assert parents[0].info.status == "FINISHED"
     numbers = [int(r.data.tags["hpo.trial_number"]) for r in children]
@@ -180,7 +170,7 @@ def test_mlflow_down_mid_study_then_sync_fills_exactly_the_gap(
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:  # until a few trials are mirrored
             try:
-                if len(_runs(server.uri, experiment)[1]) >= 3:
+                if len(mlflow_runs(server.uri, experiment)[1]) >= 3:
                     break
             except AssertionError:
                 pass
@@ -194,13 +184,15 @@ def test_mlflow_down_mid_study_then_sync_fills_exactly_the_gap(
         assert "Traceback" not in err, err
 
         server.start()
-        before = {int(r.data.tags["hpo.trial_number"]) for r in _runs(server.uri, experiment)[1]}
+        before = {
+            int(r.data.tags["hpo.trial_number"]) for r in mlflow_runs(server.uri, experiment)[1]
+        }
         sync = subprocess.run(
             [*HPO, "sync-mlflow", "tiny", "--storage", storage, "--tracking-uri", server.uri],
             capture_output=True, text=True, timeout=120, check=False,
         )  # fmt: skip
         assert sync.returncode == 0, sync.stderr
-        parents, children = _runs(server.uri, experiment)
+        parents, children = mlflow_runs(server.uri, experiment)
         numbers = sorted(int(r.data.tags["hpo.trial_number"]) for r in children)
         assert numbers == list(range(14))
         assert f"{14 - len(before)} runs created" in sync.stdout
@@ -216,7 +208,7 @@ def test_mlflow_down_mid_study_then_sync_fills_exactly_the_gap(
             capture_output=True, text=True, timeout=120, check=False,
         )  # fmt: skip
         assert "0 runs created, 0 completed, 14 already complete" in again.stdout
-        assert len(_runs(server.uri, experiment)[1]) == 14
+        assert len(mlflow_runs(server.uri, experiment)[1]) == 14
         assert len(parents) == 1
     finally:
         server.stop()

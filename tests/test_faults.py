@@ -1,0 +1,404 @@
+"""Faults a shared deployment meets, injected into real processes and servers.
+
+Workers are real `hpo run` processes; the storage is the local PostgreSQL server (or a
+throwaway cluster of the test's own when the test restarts it); tracking goes to a real
+`mlflow server`. Every scenario ends with the same checks: exactly `n_trials` finished trials,
+none left RUNNING, no trial number twice, every finished trial mirrored in MLflow once.
+Figures (kills, lags, connections) are printed for the README's reliability section.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import random
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from datetime import datetime
+from pathlib import Path
+
+import optuna
+import pytest
+import sqlalchemy
+from _checks import assert_mirrored_once, assert_study_is_whole
+from mlflow import MlflowClient
+from sqlalchemy.engine import make_url
+
+HPO = [sys.executable, "-m", "hpo.cli"]
+FAST_STALENESS = {"HPO_HEARTBEAT_INTERVAL": "1", "HPO_GRACE_PERIOD": "3"}
+
+
+class Workers:
+    """`hpo run` worker processes on one study, each logging to a file of its own."""
+
+    def __init__(self, study_file: Path, storage: str, tracking_uri: str, root: Path, **env):
+        self.study_file, self.root = study_file, root
+        self.experiment = f"faults-{uuid.uuid4().hex[:10]}"
+        self.env = os.environ | {
+            "HPO_STORAGE": storage,
+            "MLFLOW_TRACKING_URI": tracking_uri,
+            "OPENBLAS_NUM_THREADS": "1",
+            **env,
+        }
+        self.processes: list[subprocess.Popen] = []
+        self.started: dict[int, float] = {}
+
+    def start(self) -> subprocess.Popen:
+        log = open(self.root / f"worker-{len(self.processes)}.log", "w")  # noqa: SIM115
+        process = subprocess.Popen(
+            [*HPO, "run", str(self.study_file), "--no-progress", "--experiment", self.experiment],
+            env=self.env, cwd=self.root, stdout=log, stderr=subprocess.STDOUT, text=True,
+        )  # fmt: skip
+        log.close()
+        self.processes.append(process)
+        self.started[process.pid] = time.monotonic()
+        return process
+
+    def alive(self) -> list[subprocess.Popen]:
+        return [p for p in self.processes if p.poll() is None]
+
+    def wait(self, timeout: float = 300) -> list[int]:
+        deadline = time.monotonic() + timeout
+        for process in self.processes:
+            process.wait(timeout=max(1.0, deadline - time.monotonic()))
+        return [p.returncode for p in self.processes]
+
+    def log(self, index: int) -> str:
+        return (self.root / f"worker-{index}.log").read_text()
+
+    def logs(self) -> str:
+        return "\n".join(self.log(i) for i in range(len(self.processes)))
+
+    def kill_all(self) -> None:
+        for process in self.alive():
+            process.kill()
+            process.wait()
+
+
+@pytest.fixture
+def workers(tmp_path: Path) -> Iterator[list[Workers]]:
+    """Every Workers made in a test is killed at its end, whatever happened."""
+    made: list[Workers] = []
+    yield made
+    for group in made:
+        group.kill_all()
+
+
+def _finished_trials(storage: str) -> int:
+    """Finished trials of the study "tiny"; 0 before it exists or while the server is down."""
+    statement = sqlalchemy.text(
+        "SELECT count(*) FROM trials t JOIN studies s ON s.study_id = t.study_id "
+        "WHERE s.study_name = 'tiny' AND t.state IN ('COMPLETE', 'PRUNED')"
+    )
+    engine = sqlalchemy.create_engine(storage, poolclass=sqlalchemy.pool.NullPool)
+    try:
+        with engine.connect() as connection:
+            return int(connection.execute(statement).scalar_one())
+    except sqlalchemy.exc.SQLAlchemyError:  # no schema yet, or the server is down
+        return 0
+    finally:
+        engine.dispose()
+
+
+def _wait_until(condition, timeout: float = 120, what: str = "") -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.2)
+
+
+# -- 1. kill -9, again and again ---------------------------------------------------------------
+
+
+def _trials_in_training(uri: str, experiment: str) -> dict[int, int]:
+    """Worker pid -> number of the trial it trains now, from the live MLflow child runs."""
+    client = MlflowClient(tracking_uri=uri)
+    found = client.get_experiment_by_name(experiment)
+    if found is None:
+        return {}
+    runs = client.search_runs(
+        [found.experiment_id],
+        filter_string="attributes.status = 'RUNNING' and tags.`hpo.role` = 'trial'",
+    )
+    training: dict[int, int] = {}
+    for run in runs:
+        pid, number = int(run.data.tags["hpo.worker_pid"]), int(run.data.tags["hpo.trial_number"])
+        training[pid] = max(number, training.get(pid, number))
+    return training
+
+
+def test_workers_killed_at_random_lose_no_trial(
+    fresh_postgres_url, mlflow_server, tiny_study_file, tmp_path, workers
+):
+    """Three workers; every 1-2.5 s one that is training is killed -9, and a new one started."""
+    n_trials, kills_wanted = 40, 6
+    study_file = tiny_study_file(n_trials=n_trials, epochs=240, hidden=256)
+    group = Workers(study_file, fresh_postgres_url, mlflow_server.uri, tmp_path, **FAST_STALENESS)
+    workers.append(group)
+    rng = random.Random(0)
+    for _ in range(3):
+        group.start()
+    kills: list[datetime] = []
+    deadline = time.monotonic() + 240
+    while len(kills) < kills_wanted and group.alive() and time.monotonic() < deadline:
+        time.sleep(rng.uniform(1, 2.5))
+        if _finished_trials(fresh_postgres_url) >= n_trials - 6:
+            break
+        training = _trials_in_training(mlflow_server.uri, group.experiment)
+        ready = [p for p in group.alive() if p.pid in training]  # past start-up
+        if not ready:
+            continue
+        victim = rng.choice(ready)
+        victim.send_signal(signal.SIGKILL)
+        kills.append(datetime.now())
+        victim.wait()
+        group.start()
+    codes = group.wait()
+    assert len(kills) >= 4, f"the study ended after {len(kills)} kills"
+    killed = [p for p in group.processes if p.returncode == -signal.SIGKILL]
+    assert len(killed) == len(kills)
+    assert all(p.returncode == 0 for p in group.processes if p not in killed), (
+        codes,
+        group.logs(),
+    )
+    assert "Traceback" not in group.logs()
+
+    assert_study_is_whole(fresh_postgres_url, n_trials)
+    trials = optuna.load_study(study_name="tiny", storage=fresh_postgres_url).trials
+    failed = [t for t in trials if t.state.name == "FAIL"]
+    lags, timeline = [], []
+    for trial in failed:
+        retries = [t for t in trials if t.system_attrs.get("failed_trial") == trial.number]
+        is_retry = "failed_trial" in trial.system_attrs
+        assert len(retries) == (0 if is_retry else 1), (trial.number, len(retries))
+        if retries:
+            assert retries[0].params == trial.params
+            assert retries[0].state.name in ("COMPLETE", "PRUNED", "FAIL")
+        killed_at = max(k for k in kills if k <= trial.datetime_complete)
+        lags.append((trial.datetime_complete - killed_at).total_seconds())
+        timeline.append((trial.number, trial.datetime_start.time(), killed_at.time(),
+                         trial.datetime_complete.time()))  # fmt: skip
+    assert len(failed) >= len(kills) - 1, (len(failed), sorted(kills))
+    # Stale once its last beat (at most 1 s before the kill) is 3 s old; a sweep every 1.5 s.
+    assert max(lags) < 1 + 3 + 1.5 + 3, timeline
+    assert_mirrored_once(fresh_postgres_url, mlflow_server.uri, group.experiment)
+    print(f"\nkills mid-trial: {len(kills)}, trials failed by them: {len(failed)}, lost: 0, "
+          f"kill-to-FAIL {min(lags):.1f}-{max(lags):.1f} s (grace 3 s)")  # fmt: skip
+
+
+# -- 2. PostgreSQL restarted mid-study ---------------------------------------------------------
+
+
+def _pg_bin() -> Path | None:
+    found = shutil.which("pg_ctl")
+    if found:
+        return Path(found).parent
+    versions = sorted(Path("/usr/lib/postgresql").glob("*/bin/pg_ctl"))
+    return versions[-1].parent if versions else None
+
+
+class ThrowawayPostgres:
+    """A PostgreSQL cluster of the test's own (initdb, own port), to stop and start at will."""
+
+    def __init__(self) -> None:
+        bin_dir = _pg_bin()
+        if bin_dir is None:
+            pytest.skip("PostgreSQL's server binaries (initdb, pg_ctl) are not installed")
+        self.bin = bin_dir
+        self.root = Path(tempfile.mkdtemp(prefix="hpo-pg-"))
+        self.data = self.root / "data"
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        self.url = f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/postgres"
+        # initdb refuses to run as root: run the cluster as the postgres user then.
+        self.as_user: list[str] = []
+        if os.geteuid() == 0:
+            shutil.chown(self.root, "postgres")
+            self.as_user = ["runuser", "-u", "postgres", "--"]
+        self._pg("initdb", "-D", str(self.data), "-A", "trust", "-U", "postgres", "--no-sync")
+
+    def _pg(self, tool: str, *args: str) -> None:
+        subprocess.run(
+            [*self.as_user, str(self.bin / tool), *args],
+            check=True, capture_output=True, timeout=60,
+        )  # fmt: skip
+
+    def start(self) -> None:
+        options = f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 -c fsync=off"
+        self._pg("pg_ctl", "-D", str(self.data), "-o", options, "-l",
+                 str(self.root / "server.log"), "-w", "start")  # fmt: skip
+
+    def stop(self) -> None:
+        self._pg("pg_ctl", "-D", str(self.data), "-m", "fast", "-w", "stop")
+
+    def destroy(self) -> None:
+        with contextlib.suppress(subprocess.CalledProcessError):  # already stopped
+            self.stop()
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+@pytest.fixture
+def throwaway_postgres() -> Iterator[ThrowawayPostgres]:
+    cluster = ThrowawayPostgres()
+    cluster.start()
+    try:
+        yield cluster
+    finally:
+        cluster.destroy()
+
+
+def test_workers_ride_out_postgres_restarts(
+    throwaway_postgres, mlflow_server, tiny_study_file, tmp_path, workers
+):
+    """Two workers; the server is stopped for 5 s, twice; both workers finish the study."""
+    n_trials, restarts = 30, 2
+    study_file = tiny_study_file(n_trials=n_trials, epochs=120, hidden=256)
+    url = throwaway_postgres.url
+    group = Workers(study_file, url, mlflow_server.uri, tmp_path)
+    workers.append(group)
+    group.start()
+    group.start()
+    for restart in range(restarts):
+        at_least = 4 + 8 * restart
+        _wait_until(lambda n=at_least: _finished_trials(url) >= n, what=f"{at_least} trials")
+        throwaway_postgres.stop()
+        time.sleep(5)
+        throwaway_postgres.start()
+        assert len(group.alive()) == 2, group.logs()  # the outage killed no worker
+    codes = group.wait()
+    assert codes == [0, 0], group.logs()
+    logs = group.logs()
+    assert "Traceback" not in logs, logs
+    assert "is unreachable" in logs, logs
+    assert "is reachable again" in logs, logs
+    states = assert_study_is_whole(url, n_trials)
+    # The outage (5 s) is shorter than the grace period (20 s): no trial was given up.
+    assert states["FAIL"] == 0, states
+    assert_mirrored_once(url, mlflow_server.uri, group.experiment)
+    print(f"\nPostgreSQL restarts survived: {restarts} (5 s down each); trials lost: 0")
+
+
+# -- 3. MLflow stopped and started mid-study ---------------------------------------------------
+
+
+def test_an_mlflow_outage_mid_study_is_filled_in_by_the_end(
+    fresh_postgres_url, new_mlflow_server, tiny_study_file, tmp_path, workers
+):
+    server = new_mlflow_server()
+    server.start()
+    n_trials = 24
+    study_file = tiny_study_file(n_trials=n_trials, epochs=120, hidden=256)
+    group = Workers(study_file, fresh_postgres_url, server.uri, tmp_path)
+    workers.append(group)
+    group.start()
+    group.start()
+    _wait_until(lambda: _finished_trials(fresh_postgres_url) >= 3, what="3 trials")
+    server.stop()
+    down_from = _finished_trials(fresh_postgres_url)
+    _wait_until(lambda: _finished_trials(fresh_postgres_url) >= down_from + 4, what="4 more")
+    server.start()
+    codes = group.wait()
+    assert codes == [0, 0], group.logs()
+    logs = group.logs()
+    assert "Traceback" not in logs, logs
+    assert_study_is_whole(fresh_postgres_url, n_trials)
+    assert_mirrored_once(fresh_postgres_url, server.uri, group.experiment)
+
+
+# -- 4. eight workers, bounded connections -----------------------------------------------------
+
+
+class ConnectionCounter(threading.Thread):
+    """The peak number of server connections to one database, sampled every 0.1 s."""
+
+    def __init__(self, url: str) -> None:
+        super().__init__(daemon=True)
+        self.database = make_url(url).database
+        admin = make_url(url).set(database="postgres")
+        self.engine = sqlalchemy.create_engine(admin, poolclass=sqlalchemy.pool.NullPool)
+        self.peak = 0
+        self._done = threading.Event()
+
+    def run(self) -> None:
+        query = sqlalchemy.text("SELECT count(*) FROM pg_stat_activity WHERE datname = :name")
+        with self.engine.connect() as connection:
+            while not self._done.wait(0.1):
+                count = connection.execute(query, {"name": self.database}).scalar_one()
+                connection.commit()
+                self.peak = max(self.peak, count)
+
+    def stop(self) -> int:
+        self._done.set()
+        self.join()
+        self.engine.dispose()
+        return self.peak
+
+
+def test_eight_workers_finish_one_study_with_bounded_connections(
+    fresh_postgres_url, mlflow_server, tiny_study_file, tmp_path, workers
+):
+    n_trials, n_workers = 40, 8
+    study_file = tiny_study_file(n_trials=n_trials, epochs=10, hidden=64)
+    group = Workers(study_file, fresh_postgres_url, mlflow_server.uri, tmp_path)
+    workers.append(group)
+    counter = ConnectionCounter(fresh_postgres_url)
+    counter.start()
+    for _ in range(n_workers):
+        group.start()
+    codes = group.wait()
+    peak = counter.stop()
+    assert codes == [0] * n_workers, group.logs()
+    logs = group.logs()
+    assert "Traceback" not in logs, logs
+    assert "WARNING" not in logs, logs
+    states = assert_study_is_whole(fresh_postgres_url, n_trials)
+    assert states["FAIL"] == 0, states
+    assert_mirrored_once(fresh_postgres_url, mlflow_server.uri, group.experiment)
+    # Per worker: Optuna's session (one per thread: trials, heartbeat) in a pool of at most
+    # 2 + 2 overflow, and the claim lock's own connection.
+    assert 0 < peak <= n_workers * 5, peak
+    print(f"\n{n_workers} workers: peak connections {peak} (bound {n_workers * 5})")
+
+
+# -- 5. bad input at the service edge ----------------------------------------------------------
+
+
+def test_an_unreachable_storage_fails_fast_in_one_line(tiny_study_file, tmp_path):
+    started = time.monotonic()
+    result = subprocess.run(
+        [*HPO, "run", str(tiny_study_file()), "--no-mlflow",
+         "--storage", "postgresql+psycopg://hpo:secret@127.0.0.1:1/hpo"],
+        capture_output=True, text=True, timeout=60, cwd=tmp_path, check=False,
+    )  # fmt: skip
+    assert time.monotonic() - started < 10
+    assert result.returncode == 2
+    assert result.stderr.count("\n") == 1, result.stderr
+    assert "cannot open postgresql+psycopg://hpo:***@127.0.0.1:1/hpo" in result.stderr
+    assert "secret" not in result.stderr
+
+
+def test_a_study_file_that_changed_its_search_space_is_refused(
+    fresh_postgres_url, tiny_study_file, tmp_path
+):
+    first = tiny_study_file(n_trials=2, epochs=2)
+    command = [*HPO, "run", "--no-mlflow", "--no-progress", "--storage", fresh_postgres_url]
+    done = subprocess.run([*command, str(first)], capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stderr
+    changed = first.with_name("changed.toml")
+    changed.write_text(first.read_text().replace("high = 1e-1", "high = 1.0"))
+    refused = subprocess.run([*command, str(changed)], capture_output=True, text=True, check=False)
+    assert refused.returncode == 2
+    assert "Traceback" not in refused.stderr
+    assert "space.lr" in refused.stderr, refused.stderr
+    assert "--study-name" in refused.stderr
+    study = optuna.load_study(study_name="tiny", storage=fresh_postgres_url)
+    assert len(study.trials) == 2  # the first file's trials, and nothing of the second
