@@ -10,6 +10,7 @@ less than `settle_s` ago are left alone: their worker may still be sending them.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Collection
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -87,13 +88,20 @@ def sync_study(
     *,
     settle_s: float = 30.0,
     settled: Collection[int] = (),
+    wait: bool = False,
 ) -> SyncReport:
-    """Mirror what MLflow lacks. A trial that ended less than `settle_s` ago is left to its
-    worker, which may still be sending it (a run created here too would be a duplicate),
-    unless its number is in `settled`: trials of workers known to have finished sending."""
+    """Mirror what MLflow lacks.
+
+    A trial that ended less than `settle_s` ago may still be on its way from its worker (a
+    run created here too would be a duplicate), unless its number is in `settled`: trials of
+    workers known to have finished sending. Such trials are left to their worker, or, with
+    `wait`, mirrored once `settle_s` has passed, if by then their worker has not done it (it
+    may have died, or met MLflow down at its own end).
+    """
     report = SyncReport()
     runs = child_runs(client, parent)
     now = datetime.now()
+    pending: list[FrozenTrial] = []
     for trial in study.get_trials(deepcopy=False, states=FINISHED):
         run = runs.get(trial.number)
         if run is not None and run.data.tags.get(COMPLETE_TAG) == "true":
@@ -102,17 +110,42 @@ def sync_study(
         ended = trial.datetime_complete
         recent = ended is not None and (now - ended).total_seconds() < settle_s
         if recent and trial.number not in settled:
-            report.recent.append(trial.number)
+            pending.append(trial)
             continue
-        if run is None:
-            run_id = _create(client, parent, study.study_name, trial)
-            report.created.append(trial.number)
-        else:
-            run_id = run.info.run_id
-            report.completed.append(trial.number)
-        _complete(client, run_id, trial, metric)
+        _mirror(client, parent, study.study_name, trial, run, metric, report)
+    if pending and wait:
+        last = max(t.datetime_complete for t in pending if t.datetime_complete is not None)
+        time.sleep(max(0.0, settle_s - (datetime.now() - last).total_seconds()))
+        runs = child_runs(client, parent)
+        for trial in pending:
+            run = runs.get(trial.number)
+            if run is not None and run.data.tags.get(COMPLETE_TAG) == "true":
+                report.unchanged += 1
+            else:
+                _mirror(client, parent, study.study_name, trial, run, metric, report)
+    elif pending:
+        report.recent.extend(t.number for t in pending)
     _log_best(client, parent, study, metric)
     return report
+
+
+def _mirror(
+    client: MlflowClient,
+    parent: StudyRun,
+    study_name: str,
+    trial: FrozenTrial,
+    run: Any,
+    metric: str,
+    report: SyncReport,
+) -> None:
+    """Create the trial's run if it has none, then send what it lacks."""
+    if run is None:
+        run_id = _create(client, parent, study_name, trial)
+        report.created.append(trial.number)
+    else:
+        run_id = run.info.run_id
+        report.completed.append(trial.number)
+    _complete(client, run_id, trial, metric)
 
 
 def _create(client: MlflowClient, parent: StudyRun, study_name: str, trial: FrozenTrial) -> str:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import abc
 import logging
+import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -33,13 +34,29 @@ LONGEST_DELAY_S = 30.0
 _T = TypeVar("_T")
 
 
+# SQLSTATE classes a retry can mend: connection exceptions (08), transaction rollbacks such
+# as deadlocks and serialization failures (40), the server shutting down or starting (57P).
+_TRANSIENT_SQLSTATES = ("08", "40", "57P")
+
+
 def is_transient(error: BaseException) -> bool:
-    """True for a lost or refused connection (or SQLite's "database is locked")."""
+    """True for a lost or refused connection, a server going down or coming up, a deadlock,
+    or SQLite's "database is locked"; False for everything a retry would only repeat."""
     if isinstance(error, optuna.exceptions.StorageInternalError) and error.__cause__ is not None:
         error = error.__cause__
-    if isinstance(error, OperationalError | InterfaceError | DisconnectionError):
+    if isinstance(error, InterfaceError | DisconnectionError):
         return True
-    return isinstance(error, DBAPIError) and bool(error.connection_invalidated)
+    if isinstance(error, DBAPIError) and error.connection_invalidated:
+        return True
+    if not isinstance(error, OperationalError):
+        return False
+    original = error.orig
+    sqlstate = getattr(original, "sqlstate", None)
+    if sqlstate:
+        return sqlstate.startswith(_TRANSIENT_SQLSTATES)
+    if isinstance(original, sqlite3.OperationalError):
+        return "locked" in str(original) or "busy" in str(original)
+    return True  # psycopg gives no SQLSTATE when the connection itself failed
 
 
 class Backoff:

@@ -242,8 +242,9 @@ def finish_tracking(
 ) -> str | None:
     """After a run: mirror what MLflow lacks, and close the parent run if the study is done.
 
-    `settled`: the trials this process ran, whose tracker has closed; other workers' recent
-    trials are left to them.
+    `settled`: the trials this process ran, whose tracker has closed. Other workers' trials
+    that ended in the last 15 s are given that long to arrive from their worker, and mirrored
+    here if they have not.
 
     Returns a line for the user, or None with tracking off. Never raises: MLflow being down
     here only means the mirror waits for `hpo sync-mlflow`.
@@ -257,7 +258,9 @@ def finish_tracking(
         client = make_client(tracking)
         study = load_existing_study(settings, spec.study.name)
         parent = ensure_parent_run(client, tracking, settings, spec, study)
-        report = sync_study(client, parent, study, spec.study.metric, settled=settled)
+        report = sync_study(
+            client, parent, study, spec.study.metric, settle_s=15.0, settled=settled, wait=True
+        )
         counts = Counter(t.state.name for t in study.get_trials(deepcopy=False))
         done = counts["COMPLETE"] + counts["PRUNED"] >= spec.study.n_trials
         if interrupted:

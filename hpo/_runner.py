@@ -51,21 +51,18 @@ class WorkerResult:
         return self.complete + self.pruned + self.failed
 
 
-class _Heartbeat:
-    """Records the trial's heartbeat every `interval` s from a thread.
+class _Periodic:
+    """Calls `tick()` every `period` s from a daemon thread, between `with` and its end."""
 
-    The first beat comes after one interval, so a trial shorter than that writes none: if its
-    worker dies, the sweep for trials that never beat (`orphaned_trial_ids`) fails it after
-    the same grace period. A missed beat (the database briefly unreachable) is logged and
-    retried at the next one.
-    """
+    name = "hpo-periodic"
+    join_timeout: float | None = None
 
-    def __init__(self, storage: optuna.storages.RDBStorage, trial_id: int, interval: float):
-        self.storage, self.trial_id, self.interval = storage, trial_id, interval
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._beat, name="hpo-heartbeat", daemon=True)
+    def __init__(self, period: float) -> None:
+        self.period = period
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name=self.name, daemon=True)
 
-    def __enter__(self) -> _Heartbeat:
+    def __enter__(self) -> _Periodic:
         self._thread.start()
         return self
 
@@ -75,32 +72,54 @@ class _Heartbeat:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        self._stop.set()
-        self._thread.join()
+        self._done.set()
+        self._thread.join(timeout=self.join_timeout)
 
-    def _beat(self) -> None:
-        missed = 0
-        while not self._stop.wait(self.interval):
-            try:
-                self.storage.record_heartbeat(self.trial_id)
-            except Exception as error:  # a beat must never kill the worker
-                if not missed:
-                    logger.warning(
-                        "heartbeat of trial id %s failed (%s); trying again every %s s",
-                        self.trial_id,
-                        describe_error(error),
-                        self.interval,
-                    )
-                missed += 1
-                continue
-            if missed:
+    def _loop(self) -> None:
+        while not self._done.wait(self.period):
+            self.tick()
+
+    def tick(self) -> None:
+        raise NotImplementedError
+
+
+class _Heartbeat(_Periodic):
+    """Records the trial's heartbeat every `interval` s from a thread.
+
+    The first beat comes after one interval, so a trial shorter than that writes none: if its
+    worker dies, the sweep for trials that never beat (`orphaned_trial_ids`) fails it after
+    the same grace period. A missed beat (the database briefly unreachable) is logged once and
+    retried at the next one.
+    """
+
+    name = "hpo-heartbeat"
+
+    def __init__(self, storage: optuna.storages.RDBStorage, trial_id: int, interval: float):
+        super().__init__(interval)
+        self.storage, self.trial_id = storage, trial_id
+        self.missed = 0
+
+    def tick(self) -> None:
+        try:
+            self.storage.record_heartbeat(self.trial_id)
+        except Exception as error:  # a beat must never kill the worker
+            if not self.missed:
                 logger.warning(
-                    "heartbeat of trial id %s is back after %d missed", self.trial_id, missed
+                    "heartbeat of trial id %s failed (%s); trying again every %s s",
+                    self.trial_id,
+                    describe_error(error),
+                    self.period,
                 )
-                missed = 0
+            self.missed += 1
+            return
+        if self.missed:
+            logger.warning(
+                "heartbeat of trial id %s is back after %d missed", self.trial_id, self.missed
+            )
+            self.missed = 0
 
 
-class _Sweeper:
+class _Sweeper(_Periodic):
     """Looks for dead workers' trials every `period` s from a thread, while this worker trains.
 
     Without it, a dead worker's trial would be failed (and its retry queued) only at the next
@@ -108,30 +127,18 @@ class _Sweeper:
     `period`. A sweep that meets a database outage is skipped; the next one tries again.
     """
 
+    name = "hpo-sweeper"
+    join_timeout = 10.0  # a sweep stuck on a dead connection must not hang the worker's end
+
     def __init__(self, sweep: Callable[[], None], period: float) -> None:
-        self.sweep, self.period = sweep, period
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name="hpo-sweeper", daemon=True)
+        super().__init__(period)
+        self.sweep = sweep
 
-    def __enter__(self) -> _Sweeper:
-        self._thread.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self._stop.set()
-        self._thread.join(timeout=10)  # a sweep stuck on a dead connection must not hang us
-
-    def _loop(self) -> None:
-        while not self._stop.wait(self.period):
-            try:
-                self.sweep()
-            except Exception as error:  # never fatal: the claims sweep too
-                logger.debug("sweep for stale trials skipped: %s", describe_error(error))
+    def tick(self) -> None:
+        try:
+            self.sweep()
+        except Exception as error:  # never fatal: the claims sweep too
+            logger.debug("sweep for stale trials skipped: %s", describe_error(error))
 
 
 class Worker:
@@ -273,9 +280,13 @@ class Worker:
                     continue
             except optuna.exceptions.UpdateFinishedTrialError:
                 continue
-            logger.warning("trial id %s never sent a heartbeat; failed it", trial_id)
+            failed = storage.get_trial(trial_id)
+            logger.warning(
+                "trial %d never sent a heartbeat (its worker died as it started); failed it",
+                failed.number,
+            )
             if retry is not None:
-                retry(self.study, storage.get_trial(trial_id))
+                retry(self.study, failed)
 
     def _run_trial(self, trial: optuna.Trial, result: WorkerResult) -> None:
         storage = self.joined.storage
