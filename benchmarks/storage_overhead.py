@@ -60,7 +60,7 @@ def time_storages(spec, splits, urls: dict[str, str], trials: int, naive: bool) 
     seed = sampler_seed(spec, 0)
     memory = optuna.create_study(
         direction=spec.study.direction,
-        sampler=spec.sampler.build(seed=seed),
+        sampler=spec.sampler.build(seed=seed, space=spec.space),
         pruner=spec.pruner.build(epochs=spec.base.epochs),
     )
     workers = {}

@@ -108,6 +108,56 @@ def figure_6_24(
     return _agg(figure)
 
 
+@dataclass(frozen=True)
+class SettingCurves:
+    """One setting of a comparison (a grid point): its label and per-epoch history."""
+
+    label: str
+    train_loss: Sequence[float]
+    train_acc: Sequence[float]
+    val_acc: Sequence[float]
+
+
+def settings_figure(curves: Sequence[SettingCurves], *, title: str) -> Figure:
+    """The chapter's comparison figures (6-9, 6-15, 6-20 to 6-23): one line per setting.
+
+    Left, training loss per epoch (log scale), as the book compares optimizers and initial
+    weights; right, training accuracy dashed and validation accuracy solid in one colour per
+    setting, which shows overfitting as the gap between them. Three axes' worth of lines: the
+    left axes has one line per setting, the right two (training, then validation).
+    """
+    if not curves:
+        raise ValueError("settings_figure needs at least one setting, but got none")
+    figure = Figure(figsize=(11, 4.2), layout="constrained")
+    loss_axes, acc_axes = figure.subplots(1, 2)
+    colours = matplotlib.colormaps["tab10"]
+    for index, curve in enumerate(curves):
+        colour = colours(index % 10)
+        epochs = np.arange(1, len(curve.train_loss) + 1)
+        loss_axes.plot(epochs, curve.train_loss, color=colour, label=curve.label)
+        acc_axes.plot(
+            np.arange(1, len(curve.train_acc) + 1), curve.train_acc, color=colour, linestyle="--"
+        )
+        acc_axes.plot(np.arange(1, len(curve.val_acc) + 1), curve.val_acc, color=colour)
+    loss_axes.set(xlabel="epoch", ylabel="training loss", yscale="log")
+    acc_axes.set(xlabel="epoch", ylabel="accuracy", ylim=(0, 1.02))
+    loss_axes.legend(fontsize="small")
+    acc_axes.legend(
+        handles=[
+            Line2D([], [], color="grey", linestyle="--", label="training"),
+            Line2D(
+                [], [], color="grey", label="validation (held out; the test split is never used)"
+            ),
+        ],
+        fontsize="small",
+        loc="lower right",
+    )
+    for axes in (loss_axes, acc_axes):
+        axes.grid(alpha=0.3)
+    figure.suptitle(title)
+    return _agg(figure)
+
+
 def _wrap_items(caption: str, width: int) -> list[str]:
     """Lines of at most about `width` characters, broken only between ", "-separated items
     (so that "weight decay:1e-06" stays on one line)."""

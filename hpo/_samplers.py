@@ -33,6 +33,8 @@ from ._pruners import PRUNERS, PrunerSpec, pruner_decision_epochs
 if TYPE_CHECKING:
     from optuna.samplers import BaseSampler
 
+    from ._space import SearchSpace
+
 __all__ = [
     "PRUNERS",
     "SAMPLERS",
@@ -48,9 +50,10 @@ class SamplerEntry:
     """A sampler name's options and factory; `requires` names an optional package."""
 
     options: Mapping[str, Option]
-    make: Callable[[Options, int], BaseSampler]
+    make: Callable[..., BaseSampler]  # (options, seed), or (options, seed, space) if uses_space
     check: Callable[[Options], None] = no_check
     requires: str | None = None
+    uses_space: bool = False
 
 
 def _quietly(make: Callable[[], Any]) -> Any:
@@ -66,6 +69,19 @@ def _random(o: Options, seed: int) -> BaseSampler:
     from optuna.samplers import RandomSampler
 
     return RandomSampler(seed=seed)
+
+
+def _grid(o: Options, seed: int, space: SearchSpace) -> BaseSampler:
+    from optuna.samplers import GridSampler
+
+    class BudgetGridSampler(GridSampler):
+        """GridSampler without its `study.stop()` when the grid is done, which works only
+        inside `Study.optimize`: the runner's exact budget ends the study instead."""
+
+        def after_trial(self, study: Any, trial: Any, state: Any, values: Any) -> None:
+            pass
+
+    return BudgetGridSampler(space.grid(), seed=seed)
 
 
 def _tpe(o: Options, seed: int) -> BaseSampler:
@@ -157,6 +173,7 @@ SAMPLERS: dict[str, SamplerEntry] = {
         },
         _qmc,
     ),
+    "grid": SamplerEntry({}, _grid, uses_space=True),
 }
 
 
@@ -197,8 +214,19 @@ class SamplerSpec:
             raise _torch_missing()
         object.__setattr__(self, "options", resolved)
 
-    def build(self, *, seed: int) -> BaseSampler:
-        return SAMPLERS[self.name].make(self.options, seed)
+    def build(self, *, seed: int, space: SearchSpace | None = None) -> BaseSampler:
+        """The sampler; `space` is required by those that enumerate it (`grid`)."""
+        entry = SAMPLERS[self.name]
+        if not entry.uses_space:
+            return entry.make(self.options, seed)
+        if space is None:
+            raise ValueError(f"sampler {self.name!r} needs the search space, but got none")
+        return entry.make(self.options, seed, space)
+
+    def check_space(self, space: SearchSpace) -> None:
+        """Refuse a search space this sampler cannot take (a grid takes choices only)."""
+        if SAMPLERS[self.name].uses_space:
+            space.grid()
 
     def __repr__(self) -> str:
         return spec_repr("SamplerSpec", self.name, self.options)

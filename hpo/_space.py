@@ -278,6 +278,31 @@ class SearchSpace:
     def names(self) -> tuple[str, ...]:
         return tuple(p.name for p in self.params)
 
+    def grid(self) -> dict[str, list[Any]]:
+        """Every combination of the settings' choices, as Optuna's GridSampler takes it.
+
+        A grid enumerates choices, so every setting must be categorical and unconditional.
+        """
+        if not self.params:
+            raise ConfigError(
+                "sampler 'grid' needs at least one [search.<setting>] with choices",
+                key="sampler.name",
+            )
+        for param in self.params:
+            if param.type != "categorical":
+                raise ConfigError(
+                    f"sampler 'grid' enumerates choices, but this is a {param.type} range; "
+                    "give it choices = [...] or use another sampler",
+                    key=f"search.{param.name}",
+                )
+            if param.when:
+                raise ConfigError(
+                    "sampler 'grid' takes no conditional settings (when = ...); search the "
+                    "combinations without it, or use another sampler",
+                    key=f"search.{param.name}.when",
+                )
+        return {p.name: list(p.choices or ()) for p in self.params}
+
     def distributions(self) -> dict[str, BaseDistribution]:
         """Every parameter's distribution, conditional ones included."""
         return {p.name: p.distribution() for p in self.params}

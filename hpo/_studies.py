@@ -183,7 +183,7 @@ def join_study(
     study = optuna.load_study(
         study_name=name,
         storage=retrying,
-        sampler=spec.sampler.build(seed=seed),
+        sampler=spec.sampler.build(seed=seed, space=spec.space),
         pruner=spec.pruner.build(epochs=spec.base.epochs),
     )
     return JoinedStudy(study, storage, study_id, worker_index, retrying)

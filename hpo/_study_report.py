@@ -47,6 +47,7 @@ FILES = (
     "param_importances.png",
     "parallel_coordinate.png",
 )
+SETTINGS_FIGURE = "settings.png"  # grid studies only: their few settings compared
 _STATE_ORDER = (
     TrialState.COMPLETE,
     TrialState.PRUNED,
@@ -111,6 +112,22 @@ def curve_panels(study: optuna.Study, metric: str, top: int) -> list[figures.Cur
             )
         )
     return panels
+
+
+def setting_curves(study: optuna.Study) -> list[figures.SettingCurves]:
+    """Each finished trial's history, labelled by its settings, in trial order."""
+    curves = []
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)):
+        history = trial.user_attrs.get("history") or {}
+        curves.append(
+            figures.SettingCurves(
+                label=describe(trial.params) or f"trial {trial.number}",
+                train_loss=list(history.get("train_loss", [])),
+                train_acc=list(history.get("train_acc", [])),
+                val_acc=list(history.get("val_acc", [])),
+            )
+        )
+    return curves
 
 
 def search_points(study: optuna.Study) -> list[figures.SearchPoint]:
@@ -284,8 +301,17 @@ def write_report(
         lambda: figures.parallel_coordinate_figure(study, metric_label=label),
     )
 
+    if spec.sampler.name == "grid":
+        curves = setting_curves(study)
+        save(
+            SETTINGS_FIGURE,
+            lambda: figures.settings_figure(
+                curves, title=f"{study.study_name}: {len(curves)} settings, per epoch"
+            ),
+        )
+
     removed = []
-    for name in skipped:
+    for name in [*skipped, *([] if spec.sampler.name == "grid" else [SETTINGS_FIGURE])]:
         stale = directory / name
         if stale.is_file():
             stale.unlink()

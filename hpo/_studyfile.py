@@ -158,6 +158,9 @@ class StudySpec:
     enqueue: tuple[EnqueuedTrial, ...] = ()
     narrowing: Mapping[str, Any] | None = None
 
+    def __post_init__(self) -> None:
+        self.sampler.check_space(self.space)
+
     def with_overrides(
         self,
         *,

@@ -38,7 +38,7 @@ def test_the_mirror_prunes_like_optuna_reporting_every_epoch(pruner, tiny_study_
     reference = optuna.create_study(
         study_name=spec.study.name,
         direction=spec.study.direction,
-        sampler=spec.sampler.build(seed=sampler_seed(spec, 0)),
+        sampler=spec.sampler.build(seed=sampler_seed(spec, 0), space=spec.space),
         pruner=spec.pruner.build(epochs=spec.base.epochs),
     )
     reference.optimize(Objective(spec, splits), n_trials=16)
