@@ -158,6 +158,52 @@ def settings_figure(curves: Sequence[SettingCurves], *, title: str) -> Figure:
     return _agg(figure)
 
 
+@dataclass(frozen=True)
+class GridPanel:
+    """One value of a grid's larger setting: a line per value of its other setting."""
+
+    title: str
+    lines: Sequence[tuple[str, Sequence[float]]]
+
+
+def grid_panels_figure(
+    panels: Sequence[GridPanel], *, title: str, ylabel: str, columns: int = 4
+) -> Figure:
+    """The book's figure 6-19 layout: one small plot per value of one setting (a weight
+    scale), one line per value of the other (Batch Normalization on, off), y from 0 to 1."""
+    if not panels:
+        raise ValueError("grid_panels_figure needs at least one panel, but got none")
+    columns = max(1, min(columns, len(panels)))
+    rows = math.ceil(len(panels) / columns)
+    figure = Figure(figsize=(2.6 * columns + 0.4, 2.0 * rows + 0.8), layout="constrained")
+    grid = figure.subplots(rows, columns, squeeze=False, sharex=True, sharey=True)
+    styles = ["-", "--", ":", "-."]
+    for index, axes in enumerate(grid.flat):
+        if index >= len(panels):
+            axes.remove()
+            continue
+        panel = panels[index]
+        for line_index, (label, values) in enumerate(panel.lines):
+            axes.plot(
+                np.arange(1, len(values) + 1),
+                values,
+                linestyle=styles[line_index % len(styles)],
+                color=f"C{line_index}",
+                label=label,
+            )
+        axes.set_title(panel.title, fontsize="small")
+        axes.set_ylim(0, 1.02)
+        axes.grid(alpha=0.3)
+        if any(not values for _, values in panel.lines):  # a diverged setting has no line
+            axes.legend(fontsize="xx-small", loc="upper left")
+    if not grid.flat[0].get_legend():
+        grid.flat[0].legend(fontsize="x-small", loc="upper left")
+    figure.supxlabel("epoch")
+    figure.supylabel(ylabel)
+    figure.suptitle(title)
+    return _agg(figure)
+
+
 def _wrap_items(caption: str, width: int) -> list[str]:
     """Lines of at most about `width` characters, broken only between ", "-separated items
     (so that "weight decay:1e-06" stays on one line)."""

@@ -22,6 +22,7 @@ from optuna.trial import TrialState, create_trial
 
 from . import _report_figures as figures
 from ._report import DISPLAY_NAMES, METRIC_LABELS, best_lines, fmt, ranked_trials
+from ._space import same_value
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -48,6 +49,7 @@ FILES = (
     "parallel_coordinate.png",
 )
 SETTINGS_FIGURE = "settings.png"  # grid studies only: their few settings compared
+GRID_FIGURE = "settings_grid.png"  # grids of two settings, one of them with 4 values or more
 _STATE_ORDER = (
     TrialState.COMPLETE,
     TrialState.PRUNED,
@@ -128,6 +130,38 @@ def setting_curves(study: optuna.Study) -> list[figures.SettingCurves]:
             )
         )
     return curves
+
+
+def grid_panels(study: optuna.Study, spec: StudySpec) -> list[figures.GridPanel] | None:
+    """Figure 6-19's panels for a grid of two settings, or None for another grid: a panel per
+    value of the setting with more values (4 at least), a line per value of the other, of
+    training accuracy as the book plots it."""
+    grid = spec.space.grid()
+    if len(grid) != 2:
+        return None
+    (name_a, values_a), (name_b, values_b) = grid.items()
+    if len(values_a) < len(values_b):
+        (name_a, values_a), (name_b, values_b) = (name_b, values_b), (name_a, values_a)
+    if len(values_a) < 4:
+        return None
+    finished = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED))
+    panels = []
+    for value in values_a:
+        lines = []
+        for other in values_b:
+            for trial in finished:
+                if same_value(trial.params.get(name_a), value) and same_value(
+                    trial.params.get(name_b), other
+                ):
+                    history = trial.user_attrs.get("history") or {}
+                    label = describe({name_b: other})
+                    diverged = trial.user_attrs.get("diverged")
+                    if diverged:  # no line to draw: say why in the legend
+                        label += f" (diverged in epoch {diverged['epoch']})"
+                    lines.append((label, list(history.get("train_acc", []))))
+                    break
+        panels.append(figures.GridPanel(describe({name_a: value}), lines))
+    return panels
 
 
 def search_points(study: optuna.Study) -> list[figures.SearchPoint]:
@@ -301,6 +335,7 @@ def write_report(
         lambda: figures.parallel_coordinate_figure(study, metric_label=label),
     )
 
+    panels = grid_panels(study, spec) if spec.sampler.name == "grid" else None
     if spec.sampler.name == "grid":
         curves = setting_curves(study)
         save(
@@ -309,9 +344,19 @@ def write_report(
                 curves, title=f"{study.study_name}: {len(curves)} settings, per epoch"
             ),
         )
+    if panels is not None:
+        save(
+            GRID_FIGURE,
+            lambda: figures.grid_panels_figure(
+                panels,
+                title=f"{study.study_name}: training accuracy per epoch",
+                ylabel="training accuracy",
+            ),
+        )
 
     removed = []
-    for name in [*skipped, *([] if spec.sampler.name == "grid" else [SETTINGS_FIGURE])]:
+    extras = [SETTINGS_FIGURE] * (spec.sampler.name != "grid") + [GRID_FIGURE] * (panels is None)
+    for name in [*skipped, *extras]:
         stale = directory / name
         if stale.is_file():
             stale.unlink()

@@ -31,9 +31,17 @@ def _reduced(path: Path, mnist_dir: Path, tmp_path: Path) -> Path:
     return reduced
 
 
-@pytest.mark.parametrize("name", ["ch6-2-4-weight-init", "ch6-4-overfitting"])
+@pytest.mark.parametrize(
+    ("name", "panels"),
+    [
+        ("ch6-1-8-optimizers", True),
+        ("ch6-2-4-weight-init", False),
+        ("ch6-3-2-batch-norm", True),
+        ("ch6-4-overfitting", False),
+    ],
+)
 def test_each_chapter_study_runs_every_setting_once_and_draws_its_figure(
-    name, mnist_dir, tmp_path
+    name, panels, mnist_dir, tmp_path
 ):
     study_file = _reduced(STUDIES / f"{name}.toml", mnist_dir, tmp_path)
     spec = load_study_file(study_file, environ={})
@@ -58,6 +66,8 @@ def test_each_chapter_study_runs_every_setting_once_and_draws_its_figure(
     assert report.returncode == 0, report.stderr
     figure = tmp_path / "report" / "settings.png"
     assert figure.stat().st_size > 10_000
+    # Figure 6-19's layout, a panel per value, for grids of two settings, one with 4 values+.
+    assert (tmp_path / "report" / "settings_grid.png").is_file() == panels
 
 
 def _grid_study(search: str) -> str:
