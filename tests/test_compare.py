@@ -344,7 +344,7 @@ def test_report_is_logged_to_a_comparison_run(compare_file, tmp_path, tracking_u
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--samplers", "random,grid"], "--samplers: must be among"),
+        (["--samplers", "random,bayes"], "--samplers: must be among"),
         (["--pruners", "median,sometimes"], "--pruners: must be among"),
         (["--seeds", "0"], "--seeds: must be at least 1"),
         (["--workers", "0"], "--workers: must be at least 1"),
