@@ -90,11 +90,11 @@ def _add_train_parser(commands: Commands) -> None:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from trainer import save_network, train
+    from trainer import save_network
 
     from ._config import DataConfig, TrainConfig
     from ._data import load_splits
-    from ._seeds import INIT_STREAM, SHUFFLE_STREAM, derive_seed
+    from ._objective import train_trial
 
     data = DataConfig(
         dataset=args.dataset,
@@ -118,9 +118,6 @@ def _cmd_train(args: argparse.Namespace) -> int:
         dtype=args.dtype,
     )
     splits = load_splits(data, seed=args.seed, download=args.download)
-    network = config.build_network(
-        splits.x_train.shape[1], splits.n_classes, seed=derive_seed(args.seed, INIT_STREAM)
-    )
     print(
         f"{data.dataset}: {len(splits.x_train)} training and {len(splits.x_val)} validation "
         f"samples of {splits.x_train.shape[1]} features, {splits.n_classes} classes"
@@ -137,18 +134,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
             flush=True,
         )
 
-    history = train(
-        network,
-        config.build_optimizer(),
-        splits.x_train,
-        splits.t_train,
-        splits.x_val,
-        splits.t_val,
-        epochs=config.epochs,
-        batch_size=config.batch_size,
-        seed=derive_seed(args.seed, SHUFFLE_STREAM),
-        on_epoch_end=report,
-    )
+    # As a trial trains: a trial whose seed is --seed gives the same network, epoch by epoch.
+    network, history = train_trial(splits, config, args.seed, report)
     best = max(history, key=lambda m: m.val_acc)
     print(f"best validation accuracy {best.val_acc:.4f} at epoch {best.epoch}")
     if args.save:

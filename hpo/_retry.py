@@ -201,22 +201,19 @@ class RetryingStorage(BaseStorage, BaseHeartbeat):
     ) -> bool:
         if self._suspended():
             return self.inner.set_trial_state_values(trial_id, state, values)
-        backoff = Backoff(what=self.what)
-        while True:
+        tries = 0
+
+        def finish() -> bool:
+            nonlocal tries
+            tries += 1
             try:
-                updated = self.inner.set_trial_state_values(trial_id, state, values)
+                return self.inner.set_trial_state_values(trial_id, state, values)
             except optuna.exceptions.UpdateFinishedTrialError:
-                if backoff.tries == 0:
+                if tries == 1:
                     raise
-                # The try that lost its connection had committed: the trial is finished.
-                updated = True
-            except Exception as error:
-                if not is_transient(error):
-                    raise
-                backoff.wait(error)
-                continue
-            backoff.recovered()
-            return updated
+                return True  # the try that lost its connection had committed: it is finished
+
+        return call_with_retry(finish, what=self.what)
 
     def __repr__(self) -> str:
         return f"RetryingStorage({self.inner!r})"

@@ -168,7 +168,7 @@ class Worker:
         self._claims = StorageLock(
             settings, f"claim:{joined.study.study_name}", timeout=PATIENCE_S, reuse=True
         )
-        self._next_sweep = float("-inf")  # the first claim looks for dead workers' trials
+        self._swept = False  # the first claim looks for dead workers' trials
 
     @property
     def study(self) -> optuna.Study:
@@ -243,12 +243,12 @@ class Worker:
 
     def _try_claim(self, *, sweep: bool) -> optuna.Trial | object | None:
         """Under the claim lock: a new trial, None when the budget is spent, or `_WAIT`."""
-        # A trial goes stale only after the grace period, so looking every half grace period
-        # (and whenever the budget is held by running trials) finds every one in time
-        # without costing each claim two more queries.
-        if sweep or time.monotonic() >= self._next_sweep:
+        # While trials run, the sweeper thread looks for dead workers' trials; a claim looks
+        # only first (a resumed study's) and while the rest of the budget is held by running
+        # trials, one of which may be a dead worker's.
+        if sweep or not self._swept:
             self._fail_dead_workers_trials()
-            self._next_sweep = time.monotonic() + self.settings.grace_period / 2
+            self._swept = True
         counts = self.counts()
         finished = sum(counts.get(state, 0) for state in FINISHED)
         if finished >= self.n_trials:

@@ -13,22 +13,19 @@ import os
 import re
 import shlex
 import shutil
-import signal
-import socket
 import subprocess
 import sys
-import time
 import tomllib
 import urllib.error
 import urllib.request
 from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 from _checks import assert_mirrored_once, assert_study_is_whole, mlflow_runs
+from _servers import free_port, serving
 
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE = ROOT / "docker-compose.yml"
@@ -297,41 +294,6 @@ def test_the_image_runs_as_a_user_with_one_blas_thread():
 # -- the same commands, run natively -----------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@contextmanager
-def _serving(command: list[str], url: str, log: Path, *, timeout: float = 90) -> Iterator[None]:
-    """Run a server until the block ends, once `url` answers 200."""
-    with open(log, "ab") as out:
-        process = subprocess.Popen(
-            command, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
-        )
-    try:
-        deadline = time.monotonic() + timeout
-        while True:
-            assert process.poll() is None, f"{command[0]} exited: {log.read_text()[-2000:]}"
-            assert time.monotonic() < deadline, f"{url} did not answer in {timeout} s"
-            try:
-                with urllib.request.urlopen(url, timeout=2) as response:
-                    if response.status == 200:
-                        break
-            except OSError:
-                time.sleep(0.3)
-        yield
-    finally:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGTERM)
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait()
-
-
 def _status(url: str, host: str) -> int:
     request = urllib.request.Request(url, headers={"Host": host})
     try:
@@ -380,7 +342,7 @@ def test_the_stacks_commands_run_a_study_with_two_workers(
     n_trials = 6
     study_file = tiny_study_file(n_trials=n_trials, epochs=3)
     services = _services(HPO_STUDY=str(study_file))
-    mlflow_port, dashboard_port = _free_port(), _free_port()
+    mlflow_port, dashboard_port = free_port(), free_port()
     mlflow_uri = f"http://127.0.0.1:{mlflow_port}"
     artifacts = tmp_path / "artifacts"
 
@@ -391,7 +353,7 @@ def test_the_stacks_commands_run_a_study_with_two_workers(
         host="127.0.0.1",
         port=str(mlflow_port),
     )
-    with _serving(
+    with serving(
         [str(BIN / "mlflow"), *mlflow_command[1:]],
         f"{mlflow_uri}/health",
         tmp_path / "mlflow.log",
@@ -430,7 +392,7 @@ def test_the_stacks_commands_run_a_study_with_two_workers(
         port=str(dashboard_port),
     )
     dashboard = f"http://127.0.0.1:{dashboard_port}"
-    with _serving(dashboard_command, f"{dashboard}/", tmp_path / "dashboard.log"):
+    with serving(dashboard_command, f"{dashboard}/", tmp_path / "dashboard.log"):
         with urllib.request.urlopen(f"{dashboard}/api/studies", timeout=10) as response:
             studies = json.load(response)["study_summaries"]
         assert [s["study_name"] for s in studies] == ["tiny"]

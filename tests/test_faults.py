@@ -14,7 +14,6 @@ import os
 import random
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -29,6 +28,7 @@ import optuna
 import pytest
 import sqlalchemy
 from _checks import assert_mirrored_once, assert_study_is_whole
+from _servers import free_port
 from mlflow import MlflowClient
 from sqlalchemy.engine import make_url
 
@@ -108,6 +108,20 @@ def _finished_trials(storage: str) -> int:
         engine.dispose()
 
 
+def _running_trials(storage: str) -> set[int]:
+    """Numbers of the study "tiny"'s RUNNING trials."""
+    statement = sqlalchemy.text(
+        "SELECT t.number FROM trials t JOIN studies s ON s.study_id = t.study_id "
+        "WHERE s.study_name = 'tiny' AND t.state = 'RUNNING'"
+    )
+    engine = sqlalchemy.create_engine(storage, poolclass=sqlalchemy.pool.NullPool)
+    try:
+        with engine.connect() as connection:
+            return set(connection.execute(statement).scalars())
+    finally:
+        engine.dispose()
+
+
 def _wait_until(condition, timeout: float = 120, what: str = "") -> None:
     deadline = time.monotonic() + timeout
     while not condition():
@@ -153,7 +167,9 @@ def test_workers_killed_at_random_lose_no_trial(
         if _finished_trials(fresh_postgres_url) >= n_trials - 6:
             break
         training = _trials_in_training(mlflow_server.uri, group.experiment)
-        ready = [p for p in group.alive() if p.pid in training]  # past start-up
+        # Past start-up, and (MLflow's view lags) the trial it trains is still running.
+        running = _running_trials(fresh_postgres_url)
+        ready = [p for p in group.alive() if training.get(p.pid) in running]
         if not ready:
             continue
         victim = rng.choice(ready)
@@ -215,9 +231,7 @@ class ThrowawayPostgres:
         self.bin = bin_dir
         self.root = Path(tempfile.mkdtemp(prefix="hpo-pg-"))
         self.data = self.root / "data"
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            self.port = s.getsockname()[1]
+        self.port = free_port()
         self.url = f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/postgres"
         # initdb refuses to run as root: run the cluster as the postgres user then.
         self.as_user: list[str] = []
