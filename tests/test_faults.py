@@ -92,34 +92,25 @@ def workers(tmp_path: Path) -> Iterator[list[Workers]]:
         group.kill_all()
 
 
-def _finished_trials(storage: str) -> int:
-    """Finished trials of the study "tiny"; 0 before it exists or while the server is down."""
-    statement = sqlalchemy.text(
-        "SELECT count(*) FROM trials t JOIN studies s ON s.study_id = t.study_id "
-        "WHERE s.study_name = 'tiny' AND t.state IN ('COMPLETE', 'PRUNED')"
-    )
-    engine = sqlalchemy.create_engine(storage, poolclass=sqlalchemy.pool.NullPool)
-    try:
-        with engine.connect() as connection:
-            return int(connection.execute(statement).scalar_one())
-    except sqlalchemy.exc.SQLAlchemyError:  # no schema yet, or the server is down
-        return 0
-    finally:
-        engine.dispose()
-
-
-def _running_trials(storage: str) -> set[int]:
-    """Numbers of the study "tiny"'s RUNNING trials."""
+def _trial_numbers(storage: str, *states: str) -> set[int]:
+    """Numbers of the study "tiny"'s trials in `states`; none before the study exists or
+    while the server is down."""
     statement = sqlalchemy.text(
         "SELECT t.number FROM trials t JOIN studies s ON s.study_id = t.study_id "
-        "WHERE s.study_name = 'tiny' AND t.state = 'RUNNING'"
-    )
+        "WHERE s.study_name = 'tiny' AND t.state IN :states"
+    ).bindparams(sqlalchemy.bindparam("states", expanding=True))
     engine = sqlalchemy.create_engine(storage, poolclass=sqlalchemy.pool.NullPool)
     try:
         with engine.connect() as connection:
-            return set(connection.execute(statement).scalars())
+            return set(connection.execute(statement, {"states": list(states)}).scalars())
+    except sqlalchemy.exc.SQLAlchemyError:  # no schema yet, or the server is down
+        return set()
     finally:
         engine.dispose()
+
+
+def _finished_trials(storage: str) -> int:
+    return len(_trial_numbers(storage, "COMPLETE", "PRUNED"))
 
 
 def _wait_until(condition, timeout: float = 120, what: str = "") -> None:
@@ -168,7 +159,7 @@ def test_workers_killed_at_random_lose_no_trial(
             break
         training = _trials_in_training(mlflow_server.uri, group.experiment)
         # Past start-up, and (MLflow's view lags) the trial it trains is still running.
-        running = _running_trials(fresh_postgres_url)
+        running = _trial_numbers(fresh_postgres_url, "RUNNING")
         ready = [p for p in group.alive() if training.get(p.pid) in running]
         if not ready:
             continue
