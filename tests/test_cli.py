@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -127,3 +128,19 @@ def test_console_script_runs_in_a_fresh_process(tmp_path):
     assert bad.returncode == 2
     assert bad.stderr.strip().count("\n") == 0  # one line, no traceback
     assert "weight_init_std must be one of ['he', 'xavier']" in bad.stderr
+
+
+def test_a_reader_that_goes_away_ends_the_command_quietly(tmp_path):
+    """`hpo status | head -1`: the pipe closes before hpo writes; no traceback, status 141."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # closed before hpo has even started
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "hpo.cli", "status",
+             "--storage", f"sqlite:///{tmp_path / 'empty.db'}"],
+            stdout=write_end, stderr=subprocess.PIPE, text=True, timeout=60, check=False,
+        )  # fmt: skip
+    finally:
+        os.close(write_end)
+    assert done.returncode == 141, done.stderr
+    assert done.stderr == ""
