@@ -69,6 +69,8 @@ def _cmd_best(args: argparse.Namespace) -> int:
         check_model_name(args.register)
     study = load_existing_study(settings, args.name)
     spec = stored_spec(study)
+    if args.retrain:
+        spec.require_training("hpo best --retrain")
     metric = spec.study.metric
     trial = best_trial(study)
     client = make_client(tracking) if tracking.enabled else None

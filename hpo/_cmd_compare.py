@@ -92,6 +92,7 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     if args.workers < 1:
         raise ConfigError(f"must be at least 1, but got {args.workers}", key="--workers")
     spec = load_study_file(args.study_file)
+    spec.require_training("hpo compare")
     comparison = plan(spec, Path(args.study_file), samplers=args.samplers,
                       pruners=args.pruners, seeds=args.seeds, n_trials=args.n_trials)  # fmt: skip
     settings = resolve_storage(args.storage)

@@ -112,6 +112,8 @@ def _cmd_replay(args: argparse.Namespace) -> int:
     from ._studies import load_existing_study, stored_spec
 
     study = load_existing_study(resolve_storage(args.storage), args.name)
+    spec = stored_spec(study)
+    spec.require_training("hpo replay")
     trials = {t.number: t for t in study.get_trials(deepcopy=False)}
     trial = trials.get(args.trial)
     if trial is None:
@@ -126,7 +128,6 @@ def _cmd_replay(args: argparse.Namespace) -> int:
             f"trial {args.trial} of {args.name!r} is {trial.state.name} and has "
             "no recorded history to compare with"
         )
-    spec = stored_spec(study)
     metric = spec.study.metric
     splits = load_splits(spec.data, seed=spec.study.seed)
     params = ", ".join(f"{k}={fmt(v)}" for k, v in trial.params.items())

@@ -101,7 +101,13 @@ def _cmd_run(args: argparse.Namespace) -> int:
         f"{n_trials} trials, {spec.sampler.name} sampler, {spec.pruner.name} pruner, "
         f"{args.workers} worker{'s' if args.workers > 1 else ''}; MLflow: {tracking.describe()}"
     )
-    print(f"network: {spec.base.describe()}")
+    if spec.trains:
+        print(f"network: {spec.base.describe()}")
+    else:  # nothing is trained: say what a trial computes instead
+        assert spec.probe is not None
+        print(f"{spec.study.kind}: {spec.probe.describe()}")
+        if spec.study.kind == "activations":
+            print(f"  hidden layers {list(spec.base.hidden_size_list)}, untrained")
     for param in spec.space.params:
         print(f"  search {param.describe()}")
     bar = _progress_bar(n_trials, enabled=not args.no_progress)

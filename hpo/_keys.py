@@ -18,13 +18,15 @@ from ._config import TrainConfig
 from ._errors import ConfigError
 
 SECTIONS: tuple[str, ...] = (
-    "study", "data", "model", "train", "search", "sampler", "pruner", "narrowing", "enqueue",
+    "study", "data", "model", "train", "paths", "activations", "search", "sampler", "pruner",
+    "narrowing", "enqueue",
 )  # fmt: skip
 
 # Kinds of value, checked before any range: "int" refuses booleans (True is an int in Python)
 # and floats; "number" takes integers and finite floats, never booleans.
 STUDY_KEYS = {
     "name": "str",
+    "kind": "str",
     "metric": "str",
     "direction": "str",
     "n_trials": "int",
@@ -63,11 +65,16 @@ TRAIN_KEYS = {
     "epochs": "int",
     "batch_size": "int",
 }
+# The sections of the studies that train nothing (see hpo._kinds): each kind's fixed settings.
+PATHS_KEYS = {"start": "number_list", "steps": "int", "lr": "table"}
+ACTIVATIONS_KEYS = {"n_inputs": "int", "input_dim": "int", "bins": "int"}
 SECTION_KEYS: dict[str, dict[str, str]] = {
     "study": STUDY_KEYS,
     "data": DATA_KEYS,
     "model": MODEL_KEYS,
     "train": TRAIN_KEYS,
+    "paths": PATHS_KEYS,
+    "activations": ACTIVATIONS_KEYS,
 }
 # Written by `hpo narrow` (see hpo._narrowing), and neither defines what a trial trains, so
 # neither is in a study's fingerprint: `[narrowing]` says where a stage came from (provenance
@@ -101,6 +108,7 @@ _KIND_TEXT = {
     "number": "a finite number",
     "bool": "true or false",
     "int_list": "a list of integers",
+    "number_list": "a list of numbers",
     "str_or_number": "a string or a number",
     "table": "a table",
     "date": "a date such as 2026-11-23",
@@ -161,6 +169,8 @@ def has_kind(value: Any, kind: str) -> bool:
         return isinstance(value, bool)
     if kind == "int_list":
         return isinstance(value, list) and all(is_int(v) for v in value)
+    if kind == "number_list":
+        return isinstance(value, list) and all(is_number(v) for v in value)
     if kind == "str_or_number":
         return isinstance(value, str) or is_number(value)
     if kind == "table":

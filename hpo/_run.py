@@ -85,12 +85,19 @@ def run_in_process(
     """One worker in this process: load the data once, then run trials until done."""
     joined = join_study(settings, spec)
     mlflow = start_tracker(joined, spec, settings, tracking)  # its process starts meanwhile
-    splits = load_splits(spec.data, seed=spec.study.seed)
+    splits = load_splits(spec.data, seed=spec.study.seed) if spec.trains else None
     if mlflow is not None and not mlflow.wait_ready():
         logger.warning("the MLflow tracking process did not start; see hpo sync-mlflow")
-    objective = Objective(
-        spec, splits, mirror=pruning_mirror(joined, spec), observers=(mlflow,) if mlflow else ()
-    )
+    observers = (mlflow,) if mlflow else ()
+    objective: Callable[[optuna.Trial], float]
+    if splits is None:  # optimizer paths or activations: no data, nothing trained
+        from ._probes import ProbeObjective
+
+        objective = ProbeObjective(spec, observers=observers)
+    else:
+        objective = Objective(
+            spec, splits, mirror=pruning_mirror(joined, spec), observers=observers
+        )
     tracker = _ProgressTracker(joined, progress)
     ran: list[int] = []
 

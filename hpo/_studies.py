@@ -52,7 +52,7 @@ def fingerprint(spec: StudySpec) -> dict[str, Any]:
         for name, distribution in spec.space.distributions().items()
     }
     conditions = {p.name: {k: list(v) for k, v in p.when.items()} for p in spec.space.params}
-    return {
+    result = {
         "metric": spec.study.metric,
         "direction": spec.study.direction,
         "seed": spec.study.seed,
@@ -61,6 +61,10 @@ def fingerprint(spec: StudySpec) -> dict[str, Any]:
         "space": space,
         "conditions": {k: v for k, v in conditions.items() if v},
     }
+    if spec.probe is not None:  # a study that trains nothing: its kind and its own settings
+        result["kind"] = spec.study.kind
+        result["probe"] = spec.probe.as_dict()
+    return result
 
 
 def _differences(stored: dict[str, Any], current: dict[str, Any], prefix: str = "") -> list[str]:

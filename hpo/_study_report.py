@@ -37,7 +37,12 @@ logger = logging.getLogger(__name__)
 ARTIFACT_PATH = "report"  # on the study's parent run
 DEFAULT_TOP = 20  # the book's Figure 6-24 shows the best 20
 DPI = 150
-METRIC_NAMES = {"val_acc": "validation accuracy", "val_loss": "validation loss"}
+METRIC_NAMES = {
+    "val_acc": "validation accuracy",
+    "val_loss": "validation loss",
+    "f": "f(x, y) at the path's end",
+    "entropy": "entropy of the last hidden layer's histogram",
+}
 LR, WEIGHT_DECAY = "lr", "weight_decay_lambda"
 FILES = (
     "best.txt",
@@ -50,6 +55,9 @@ FILES = (
 )
 SETTINGS_FIGURE = "settings.png"  # grid studies only: their few settings compared
 GRID_FIGURE = "settings_grid.png"  # grids of two settings, one of them with 4 values or more
+# What a training study's report may hold besides best.txt; a study that trains nothing draws
+# its own figure instead (see hpo._probe_report).
+TRAINING_FIGURES = (*FILES[1:], SETTINGS_FIGURE, GRID_FIGURE)
 _STATE_ORDER = (
     TrialState.COMPLETE,
     TrialState.PRUNED,
@@ -278,6 +286,13 @@ def write_report(
         draw().savefig(path, dpi=DPI, bbox_inches="tight")
         written.append(path)
 
+    if not spec.trains:  # optimizer paths or activations: the book's figure, nothing else
+        from ._probe_report import probe_figures
+
+        for name, figure in probe_figures(study, spec).items():
+            save(name, lambda figure=figure: figure)
+        return Report(directory, tuple(written), {}, _remove(directory, TRAINING_FIGURES))
+
     panels = curve_panels(study, metric, top)
     save(
         "figure_6_24.png",
@@ -354,15 +369,23 @@ def write_report(
             ),
         )
 
-    removed = []
     extras = [SETTINGS_FIGURE] * (spec.sampler.name != "grid") + [GRID_FIGURE] * (panels is None)
-    for name in [*skipped, *extras]:
+    from ._probe_report import ACTIVATIONS_FIGURE, PATHS_FIGURE
+
+    removed = _remove(directory, [*skipped, *extras, PATHS_FIGURE, ACTIVATIONS_FIGURE])
+    logger.info("wrote %d files to %s", len(written), directory)
+    return Report(directory, tuple(written), skipped, removed)
+
+
+def _remove(directory: Path, names: list[str] | tuple[str, ...]) -> tuple[Path, ...]:
+    """Delete the files of an earlier report that this one does not write."""
+    removed = []
+    for name in names:
         stale = directory / name
         if stale.is_file():
             stale.unlink()
             removed.append(stale)
-    logger.info("wrote %d files to %s", len(written), directory)
-    return Report(directory, tuple(written), skipped, tuple(removed))
+    return tuple(removed)
 
 
 # -- MLflow -----------------------------------------------------------------------------------

@@ -38,21 +38,30 @@ from ._keys import (
     setting_error,
     toml_repr,
 )
+from ._kinds import (
+    KINDS,
+    METRICS,
+    TRAINING,
+    ProbeSettings,
+    check_kind_sections,
+    default_metric,
+    probe_settings,
+)
 from ._samplers import PRUNERS, SAMPLERS, PrunerSpec, SamplerSpec
 from ._searchfile import hidden_sizes, parse_search
 from ._space import ParamSpec, SearchSpace, same_value
 
-# The metric each trial returns, and the direction that improves it.
-METRICS: dict[str, str] = {"val_acc": "maximize", "val_loss": "minimize"}
 IDX_DATASETS: tuple[str, ...] = ("mnist", "fashion-mnist", "kmnist")
 DEFAULT_SAMPLER, DEFAULT_PRUNER = "tpe", "none"
 
 
 @dataclass(frozen=True)
 class StudySettings:
-    """The `[study]` section: what is optimised, how many trials, and the one seed."""
+    """The `[study]` section: what a trial does (`kind`, see `hpo._kinds`), what is
+    optimised, how many trials, and the one seed."""
 
     name: str
+    kind: str = TRAINING
     metric: str = "val_acc"
     direction: str = "maximize"
     n_trials: int = 100
@@ -64,15 +73,23 @@ class StudySettings:
             raise ConfigError(
                 f"must be a non-empty string, but got {toml_repr(self.name)}", key="study.name"
             )
-        if self.metric not in METRICS:
+        if self.kind not in KINDS:
             raise ConfigError(
-                f"must be one of {', '.join(map(toml_repr, METRICS))}, but got "
+                f"must be one of {', '.join(map(toml_repr, KINDS))}, but got "
+                f"{toml_repr(self.kind)}",
+                key="study.kind",
+            )
+        metrics = METRICS[self.kind]
+        if self.metric not in metrics:
+            of_kind = f" for kind = {toml_repr(self.kind)}" if self.kind != TRAINING else ""
+            raise ConfigError(
+                f"must be one of {', '.join(map(toml_repr, metrics))}{of_kind}, but got "
                 f"{toml_repr(self.metric)}",
                 key="study.metric",
             )
-        if self.direction != METRICS[self.metric]:
+        if self.direction != metrics[self.metric]:
             raise ConfigError(
-                f"metric {toml_repr(self.metric)} is to {METRICS[self.metric]}, but got "
+                f"metric {toml_repr(self.metric)} is to {metrics[self.metric]}, but got "
                 f"direction = {toml_repr(self.direction)}; remove direction (it follows from "
                 "metric) or make it agree",
                 key="study.direction",
@@ -145,6 +162,9 @@ class StudySpec:
 
     `enqueue` and `narrowing` come from `hpo narrow`'s stages: trials to run first, and where
     the stage came from. Neither defines what a trial trains (see `hpo._studies.fingerprint`).
+    `probe` holds the settings of a study that trains nothing (`[paths]` or `[activations]`,
+    see `hpo._kinds`), and is None for a training study; `data` and `base` are then the
+    defaults, apart from the `[model]` of an activations study.
     """
 
     path: Path | None
@@ -157,9 +177,28 @@ class StudySpec:
     pruner: PrunerSpec
     enqueue: tuple[EnqueuedTrial, ...] = ()
     narrowing: Mapping[str, Any] | None = None
+    probe: ProbeSettings | None = None
 
     def __post_init__(self) -> None:
         self.sampler.check_space(self.space)
+        _check_pruner(self.study.kind, self.pruner)
+        if self.study.kind == "optimizer_paths":
+            (optimizer,) = (p for p in self.space.params if p.name == "optimizer")
+            self.probe.check_optimizers(tuple(optimizer.choices or ()))  # type: ignore[union-attr]
+
+    @property
+    def trains(self) -> bool:
+        """Whether a trial trains a network on data (kind = "training")."""
+        return self.study.kind == TRAINING
+
+    def require_training(self, command: str) -> None:
+        """Refuse `command`, which trains networks, for a study whose trials train nothing."""
+        if not self.trains:
+            raise ConfigError(
+                f"{command} works on studies that train a network, but study "
+                f"{self.study.name!r} is of kind = {toml_repr(self.study.kind)}: its trials "
+                "train nothing; hpo run, status, export and report work on it"
+            )
 
     def with_overrides(
         self,
@@ -192,18 +231,30 @@ class StudySpec:
             new_pruner = self.pruner
             if pruner is not None and pruner != self.pruner.name:
                 new_pruner = PrunerSpec(pruner).for_epochs(self.base.epochs)
+                _check_pruner(self.study.kind, new_pruner)
         except ConfigError as error:
             raise ConfigError(error.message, key=error.key, source="override") from None
         return dataclasses.replace(self, study=study, sampler=new_sampler, pruner=new_pruner)
 
     def __repr__(self) -> str:
+        what = f"dataset={self.data.dataset!r}" if self.trains else f"kind={self.study.kind!r}"
         return (
             f"StudySpec({self.study.name!r}, path={str(self.path) if self.path else None!r}, "
             f"{self.study.metric} ({self.study.direction}), n_trials={self.study.n_trials}, "
-            f"seed={self.study.seed}, dataset={self.data.dataset!r}, "
+            f"seed={self.study.seed}, {what}, "
             f"searching [{', '.join(self.space.names())}], {self.sampler!r}, {self.pruner!r}"
             + (f", {len(self.enqueue)} enqueued" if self.enqueue else "")
             + ")"
+        )
+
+
+def _check_pruner(kind: str, pruner: PrunerSpec) -> None:
+    if kind != TRAINING and pruner.name != DEFAULT_PRUNER:
+        raise ConfigError(
+            f"must be {toml_repr(DEFAULT_PRUNER)} for a study of kind = {toml_repr(kind)}: its "
+            f"trials train nothing, so there is nothing to prune, but got "
+            f"{toml_repr(pruner.name)}",
+            key="pruner.name",
         )
 
 
@@ -284,15 +335,18 @@ def _parse(
 ) -> StudySpec:
     tables = _tables(document)
     study = tables["study"]
-    metric = study.get("metric", "val_acc")
+    kind = study.get("kind", TRAINING)
+    metric = study.get("metric", default_metric(kind))
     settings = StudySettings(
         name=study.get("name", Path(source).stem),
+        kind=kind,
         metric=metric,
-        direction=study.get("direction", METRICS.get(metric, "maximize")),
+        direction=study.get("direction", METRICS.get(kind, {}).get(metric, "maximize")),
         n_trials=study.get("n_trials", 100),
         timeout=study.get("timeout"),
         seed=study.get("seed", 0),
     )
+    check_kind_sections(kind, document)
     data = _data_config(tables["data"], base_dir, environ)
     fixed = {
         name: (section, value)
@@ -326,6 +380,7 @@ def _parse(
         ),
         enqueue=_enqueued(document.get("enqueue"), space),
         narrowing=MappingProxyType(provenance) if "narrowing" in document else None,
+        probe=probe_settings(kind, tables),
     )
 
 

@@ -202,6 +202,7 @@ def _create_parent(
         "mlflow.runName": f"study {spec.study.name}",
         "hpo.metric": spec.study.metric,
         "hpo.direction": spec.study.direction,
+        "hpo.kind": spec.study.kind,
         "hpo.seed": str(spec.study.seed),
         "hpo.storage": storage.redacted(),
         "hpo.sampler": spec.sampler.name,
@@ -222,6 +223,14 @@ def _create_parent(
     data = {
         f"data.{k}": v for k, v in vars(spec.data).items() if k != "data_dir" and v is not None
     }
+    if spec.probe is not None:  # trains nothing: the kind's own settings, not training's
+        from ._kinds import KIND_SETTINGS
+
+        kind = spec.study.kind
+        section = "paths" if kind == "optimizer_paths" else "activations"
+        data = {f"{section}.{k}": v for k, v in spec.probe.as_dict().items()}
+        model = {k: v for k, v in spec.base.architecture().items() if k in KIND_SETTINGS[kind]}
+        fixed = {f"model.{k}": v for k, v in model.items() if k not in searched}
     params = [Param(k, _param_value(v)) for k, v in sorted((fixed | data).items())]
     client.log_batch(run.info.run_id, params=params)
     with tempfile.TemporaryDirectory() as tmp:

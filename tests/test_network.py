@@ -179,6 +179,36 @@ def test_float32_and_float64_networks_start_from_the_same_weights():
     assert not np.array_equal(other.params["W1"], double.params["W1"])
 
 
+@pytest.mark.parametrize(
+    ("activation", "function"),
+    [
+        ("sigmoid", lambda a: 1 / (1 + np.exp(-a))),
+        ("tanh", np.tanh),
+        ("relu", lambda a: a * (a > 0)),
+    ],
+)
+@pytest.mark.parametrize("use_batchnorm", [False, True])
+def test_hidden_activations_are_each_hidden_layers_output(activation, function, use_batchnorm):
+    # The oracle: the book's loop, z = activation(x @ W + b) layer after layer, by hand.
+    net = _net(activation=activation, use_batchnorm=use_batchnorm, dropout_ratio=0.5)
+    x, _ = _batch(n=7)
+    net.params["b1"][...] = 0.3  # a bias, so that it is seen to be added
+    found = net.hidden_activations(x)
+    assert [a.shape for a in found] == [(7, 4), (7, 3)]
+    z = x
+    for i, a in enumerate(found, start=1):
+        pre = z @ net.params[f"W{i}"] + net.params[f"b{i}"]
+        if use_batchnorm:  # inference mode: the running statistics, 0 and 1 before training
+            layer = net.batchnorm_layers[i - 1]
+            pre = (pre - layer.running_mean) / np.sqrt(layer.running_var + layer.eps)
+            pre = pre * net.params[f"gamma{i}"] + net.params[f"beta{i}"]
+        z = function(pre)
+        np.testing.assert_allclose(a, z, rtol=1e-12, atol=1e-15)
+    again = net.hidden_activations(x + 1.0)  # fresh arrays: the first results are intact
+    assert not np.shares_memory(found[0], again[0])
+    np.testing.assert_allclose(found[-1], z, rtol=1e-12, atol=1e-15)
+
+
 # -- loss, predict, accuracy, evaluate -------------------------------------------------------
 
 

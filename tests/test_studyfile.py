@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import tomllib
 from pathlib import Path
 
@@ -449,13 +450,193 @@ MISTAKES = {
 }
 
 
-@pytest.mark.parametrize(("text", "key", "fragment"), MISTAKES.values(), ids=MISTAKES.keys())
+# The studies that train nothing (hpo._kinds): a minimal valid file of each kind, to which each
+# mistake below adds one thing.
+PATHS_STUDY = (
+    '[study]\nkind = "optimizer_paths"\n{study}\n[paths]\nlr = {{ sgd = 0.95 }}\n{paths}\n'
+    '[search.optimizer]\nchoices = ["sgd"]\n{rest}'
+)
+ACTIVATIONS_STUDY = (
+    '[study]\nkind = "activations"\n{study}\n[model]\nhidden_size_list = [10, 10]\n{model}\n'
+    '[search.activation]\nchoices = ["sigmoid", "relu"]\n{rest}'
+)
+
+
+def _paths(study: str = "", paths: str = "", rest: str = "") -> str:
+    return PATHS_STUDY.format(study=study, paths=paths, rest=rest)
+
+
+def _activations(study: str = "", model: str = "", rest: str = "") -> str:
+    return ACTIVATIONS_STUDY.format(study=study, model=model, rest=rest)
+
+
+KIND_MISTAKES = {
+    "unknown kind": (
+        '[study]\nkind = "paths"',
+        "study.kind",
+        'must be one of "training", "optimizer_paths", "activations", but got "paths"',
+    ),
+    "metric of another kind": (
+        _paths(study='metric = "val_acc"'),
+        "study.metric",
+        'must be one of "f" for kind = "optimizer_paths", but got "val_acc"',
+    ),
+    "direction against the kind's metric": (
+        _activations(study='direction = "minimize"'),
+        "study.direction",
+        'metric "entropy" is to maximize, but got direction = "minimize"',
+    ),
+    "a kind's section in a training study": (
+        "[paths]\nsteps = 10",
+        "paths.steps",
+        '[paths] applies only to a study of kind = "optimizer_paths", but this study is of '
+        'kind = "training" and got steps = 10',
+    ),
+    "data in a study that trains nothing": (
+        _paths(rest='[data]\ndataset = "mnist"'),
+        "data.dataset",
+        '[data] does not apply to a study of kind = "optimizer_paths" (it runs optimizers on '
+        'f(x, y) = x²/20 + y², with no network and no data), but got dataset = "mnist"; its '
+        "sections are [study], [search], [sampler], [pruner], [paths]",
+    ),
+    "train in a study that trains nothing": (
+        _activations(rest="[train]\nlr = 0.1"),
+        "train.lr",
+        '[train] does not apply to a study of kind = "activations"',
+    ),
+    "another kind's section": (
+        _activations(rest="[paths]\nsteps = 3"),
+        "paths.steps",
+        '[paths] does not apply to a study of kind = "activations"',
+    ),
+    "a model setting the kind does not take": (
+        _activations(model="use_batchnorm = true"),
+        "model.use_batchnorm",
+        'use_batchnorm does not apply to a study of kind = "activations" (it draws the '
+        "activations of an untrained network for random inputs, with no data, no training, "
+        "batch norm, dropout or weight decay), but got use_batchnorm = true; the settings it "
+        "takes are hidden_size_list, n_hidden_layers, hidden_size, activation, weight_init_std",
+    ),
+    "a search the kind does not take": (
+        _paths(rest="[search.lr]\nchoices = [0.1, 0.5]"),
+        "search.lr",
+        'lr does not apply to a study of kind = "optimizer_paths" (it runs optimizers on '
+        "f(x, y) = x²/20 + y², with no network and no data), but got [search.lr]; the settings "
+        "it takes are optimizer",
+    ),
+    "a pruner where nothing is trained": (
+        _activations(rest='[pruner]\nname = "median"'),
+        "pruner.name",
+        'must be "none" for a study of kind = "activations": its trials train nothing, so '
+        'there is nothing to prune, but got "median"',
+    ),
+    "paths comparing no optimizer": (
+        '[study]\nkind = "optimizer_paths"\n[paths]\nlr = { sgd = 0.95 }',
+        "search.optimizer",
+        "compares optimizers, but it searches none; add [search.optimizer]",
+    ),
+    "paths without learning rates": (
+        '[study]\nkind = "optimizer_paths"\n[search.optimizer]\nchoices = ["sgd"]',
+        "paths.lr",
+        "needs a learning rate per optimizer: add [paths] with lr = { sgd = 0.95, ... }",
+    ),
+    "a searched optimizer without a rate": (
+        '[study]\nkind = "optimizer_paths"\n[paths]\nlr = { sgd = 0.95 }\n'
+        '[search.optimizer]\nchoices = ["sgd", "adam"]',
+        "paths.lr.adam",
+        "adam is searched but has no learning rate: add adam = <lr> to paths.lr (it sets sgd)",
+    ),
+    "a rate for an optimizer not searched": (
+        _paths(paths="").replace("sgd = 0.95", "sgd = 0.95, nesterov = 0.1"),
+        "paths.lr.nesterov",
+        "nesterov has a learning rate, but it is not among search.optimizer.choices (sgd)",
+    ),
+    "a rate for an unknown optimizer": (
+        _paths().replace("sgd = 0.95", "sgd = 0.95, adamw = 0.1"),
+        "paths.lr.adamw",
+        "must be one of ['adagrad', 'adam', 'momentum', 'nesterov', 'rmsprop', 'sgd'], but got "
+        "'adamw'",
+    ),
+    "an invalid rate": (
+        _paths().replace("sgd = 0.95", "sgd = -1"),
+        "paths.lr.sgd",
+        "lr must be in (0, inf), but got lr=-1",
+    ),
+    "a start that is not a point": (
+        _paths(paths="start = [1.0, 2.0, 3.0]"),
+        "paths.start",
+        "must be a point [x, y], but got [1.0, 2.0, 3.0]",
+    ),
+    "a start of strings": (
+        _paths(paths='start = ["a", "b"]'),
+        "paths.start",
+        'must be a list of numbers, but got ["a", "b"]',
+    ),
+    "no steps": (
+        _paths(paths="steps = 0"),
+        "paths.steps",
+        "positive integer (updates), but got 0",
+    ),
+    "unknown key of a kind's section": (
+        _paths(paths="step = 3"),
+        "paths.step",
+        "unknown key 'step'; the keys of [paths] are start, steps, lr",
+    ),
+    "one bin": (
+        _activations(rest="[activations]\nbins = 1"),
+        "activations.bins",
+        "must be an integer >= 2, but got 1",
+    ),
+}
+
+
+@pytest.mark.parametrize(
+    ("text", "key", "fragment"),
+    [*MISTAKES.values(), *KIND_MISTAKES.values()],
+    ids=[*MISTAKES.keys(), *KIND_MISTAKES.keys()],
+)
 def test_mistakes_name_the_file_key_value_and_what_is_allowed(text, key, fragment):
     with pytest.raises(ConfigError) as error:
         parse(text)
     assert (error.value.source, error.value.key) == ("mine.toml", key)
     assert str(error.value).startswith(f"mine.toml: {key}: ")
     assert fragment in str(error.value)
+
+
+def test_a_pruner_given_by_flag_to_a_study_that_trains_nothing_is_refused():
+    spec = parse(_activations())
+    with pytest.raises(ConfigError) as error:
+        spec.with_overrides(pruner="median")
+    assert (error.value.key, error.value.source) == ("pruner.name", "override")
+    assert 'must be "none" for a study of kind = "activations"' in str(error.value)
+
+
+def test_the_kinds_settings_and_defaults():
+    paths = load_study_file(STUDIES / "ch6-1-optimizer-paths.toml", environ={})
+    assert (paths.study.kind, paths.study.metric, paths.study.direction) == (
+        "optimizer_paths", "f", "minimize",
+    )  # fmt: skip
+    assert (paths.probe.start, paths.probe.steps) == ((-7.0, 2.0), 30)
+    assert dict(paths.probe.lr) == {
+        "sgd": 0.95, "momentum": 0.1, "adagrad": 1.5, "rmsprop": 0.15, "adam": 0.3,
+    }  # fmt: skip
+    assert not paths.trains
+    activations = load_study_file(STUDIES / "ch6-2-2-activations.toml", environ={})
+    assert (activations.study.kind, activations.study.metric) == ("activations", "entropy")
+    assert activations.base.hidden_size_list == (100,) * 5
+    assert (activations.probe.n_inputs, activations.probe.input_dim) == (1000, 100)
+    assert activations.space.grid() == {
+        "activation": ["sigmoid", "tanh", "relu"],
+        "weight_init_std": [1, 0.01, "xavier", "he"],
+    }
+    assert len(list(itertools.product(*activations.space.grid().values()))) == 12
+    assert activations.study.n_trials == 12
+    assert "kind='activations'" in repr(activations)
+    default = parse("")
+    assert (default.study.kind, default.probe, default.trains) == ("training", None, True)
+    with pytest.raises(ConfigError, match="hpo replay works on studies that train a network"):
+        activations.require_training("hpo replay")
+    default.require_training("hpo replay")  # a training study may
 
 
 # --- the vocabulary ---------------------------------------------------------------------

@@ -271,6 +271,24 @@ class MultiLayerNet:
         self.train_step(*self._as_batch(x, t))
         return self._grads
 
+    def hidden_activations(self, x: ArrayLike) -> list[NDArray[np.floating]]:
+        """Each hidden layer's activations for inputs x: (n, input_size), in inference mode.
+
+        One fresh array (n, hidden_size_list[i]) per hidden layer, taken at the output of its
+        activation function (after batch normalization, before dropout): what the book's
+        ch06/weight_init_activation_histogram.py plots (its figures 6-10 to 6-14).
+        """
+        out = self._as_input(x)
+        activations: list[NDArray[np.floating]] = []
+        kinds = tuple(ACTIVATIONS.values())
+        for layer in self.layers:
+            out = layer.forward(out, False)
+            if isinstance(layer, kinds):
+                activations.append(out.copy())  # the layer reuses its output buffer
+                if len(activations) == len(self.hidden_size_list):
+                    break
+        return activations
+
     # -- fast paths used by the training loop -----------------------------------------------------
 
     def train_step(self, x: NDArray[np.floating], t: NDArray[np.integer]) -> float:
