@@ -1,14 +1,15 @@
 """What storing a study costs per trial: in-memory against SQLite and PostgreSQL, side by side.
 
-    python benchmarks/storage_overhead.py [--trials 12] [--postgres URL] [--mnist-dir DIR]
+    python benchmarks/storage_overhead.py [--trials 30] [--postgres URL] [--mnist-dir DIR]
 
 Runs the book's 6.5 trial (MNIST 500, 784-[100]x6-10, SGD, 50 epochs, lr and weight decay
 log-uniform) through the real worker path: trials claimed under the storage lock with an
 exact budget, a heartbeat thread, per-epoch history kept as one user attribute, `tell`. The
 in-memory baseline runs the same objective with the same seeded sampler in Optuna's
-InMemoryStorage, so every storage trains the same trials. Storages take turns trial by trial,
-so they share the machine's load. Overhead = median trial time with the storage minus
-median in memory, as a percentage of the in-memory time.
+InMemoryStorage, so every storage trains the same trials. Each storage's worker loops over
+its trials as in `hpo run`, and the storages take turns trial by trial, so they share the
+machine's load. Overhead = median trial time with the storage minus median in memory, as a
+percentage of the in-memory time.
 
 Two settings: the book's random search without pruning, and TPE with the median pruner as
 `hpo run` prunes (decided on an in-memory mirror of the study, see `hpo._pruning`); a third
@@ -23,6 +24,7 @@ import os
 import statistics
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -32,7 +34,7 @@ import optuna
 
 from hpo._data import load_splits
 from hpo._objective import Objective
-from hpo._run import pruning_mirror
+from hpo._run import build_objective, settle_heap
 from hpo._runner import Worker
 from hpo._storage import resolve_storage
 from hpo._studies import join_study, prepare_study, sampler_seed
@@ -55,13 +57,31 @@ class EveryEpochObjective(Objective):
             raise optuna.TrialPruned()
 
 
-def time_storages(spec, splits, urls: dict[str, str], trials: int, naive: bool) -> dict:
+def time_storages(
+    spec, splits, urls: dict[str, str], trials: int, naive: bool
+) -> dict[str, list[float]]:
+    """Each storage's trial times, the storages taking turns trial by trial.
+
+    Every storage has one worker looping over its trials as `hpo run` does (one lock
+    connection, one sweeper for the whole run), in a thread of its own; a turnstile lets one
+    thread run at a time. A trial's time runs from its turn to the end of its `tell`, so it
+    includes the claim (lock, count, ask) and the writes.
+    """
     objective_cls = EveryEpochObjective if naive else Objective
     seed = sampler_seed(spec, 0)
     memory = optuna.create_study(
         direction=spec.study.direction,
         sampler=spec.sampler.build(seed=seed, space=spec.space),
         pruner=spec.pruner.build(epochs=spec.base.epochs),
+    )
+    labels = ["in-memory", *urls]
+    turns = _Turnstile(labels, trials)
+    runs = {}
+    memory_objective = objective_cls(spec, splits)
+    runs["in-memory"] = lambda: memory.optimize(
+        memory_objective,
+        n_trials=trials,
+        callbacks=[lambda _s, _t: turns.trial_ended("in-memory")],
     )
     workers = {}
     for label, url in urls.items():
@@ -71,31 +91,61 @@ def time_storages(spec, splits, urls: dict[str, str], trials: int, naive: bool) 
         if naive:
             objective = EveryEpochObjective(spec, splits)
         else:  # exactly what `hpo run` builds
-            objective = Objective(spec, splits, mirror=pruning_mirror(joined, spec))
-        workers[label] = Worker(joined, settings, objective, n_trials=0)
-    times: dict[str, list[float]] = {"in-memory": [], **{label: [] for label in urls}}
-    memory_objective = objective_cls(spec, splits)
-    for n in range(1, trials + 1):
-        start = time.perf_counter()
-        memory.optimize(memory_objective, n_trials=1)
-        times["in-memory"].append(time.perf_counter() - start)
-        for label, worker in workers.items():
-            worker.n_trials = n
-            start = time.perf_counter()
-            result = worker.run()
-            times[label].append(time.perf_counter() - start)
-            assert result.trials == 1, result
+            objective = build_objective(joined, spec, splits)
+        workers[label] = Worker(
+            joined,
+            settings,
+            objective,
+            n_trials=trials,
+            on_trial_end=lambda _t, label=label: turns.trial_ended(label),
+        )
+        runs[label] = workers[label].run
+    settle_heap()  # as `hpo run` does before its trial loop
+    threads = [threading.Thread(target=turns.run, args=(label, runs[label])) for label in labels]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
     reference = [t.params for t in memory.trials]
     for label, worker in workers.items():
         stored = [t.params for t in worker.study.get_trials(deepcopy=False)]
         assert stored == reference, f"{label} trained other trials than in memory"
         worker.joined.storage.engine.dispose()
-    return times
+    assert all(len(turns.times[label]) == trials for label in labels), turns.times
+    return turns.times
+
+
+class _Turnstile:
+    """Lets the participants run one trial each in turn, and times each trial."""
+
+    def __init__(self, labels: list[str], trials: int) -> None:
+        self.labels, self.trials = labels, trials
+        self.times: dict[str, list[float]] = {label: [] for label in labels}
+        self._turn = threading.Condition()
+        self._current = 0
+        self._started = 0.0
+
+    def run(self, label: str, loop) -> None:
+        self._wait(label)
+        loop()
+
+    def _wait(self, label: str) -> None:
+        with self._turn:
+            self._turn.wait_for(lambda: self.labels[self._current] == label)
+        self._started = time.perf_counter()
+
+    def trial_ended(self, label: str) -> None:
+        self.times[label].append(time.perf_counter() - self._started)
+        with self._turn:
+            self._current = (self._current + 1) % len(self.labels)
+            self._turn.notify_all()
+        if len(self.times[label]) < self.trials:
+            self._wait(label)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--trials", type=int, default=12)
+    parser.add_argument("--trials", type=int, default=30)
     parser.add_argument(
         "--postgres",
         default=os.environ.get(

@@ -94,7 +94,12 @@ class StorageLock:
 
     def _try_postgres(self) -> bool:
         if self._engine is None:
-            kwargs = engine_kwargs(self.settings) | {"pool_size": 1, "max_overflow": 0}
+            # Autocommit: a session-level advisory lock needs no transaction around it.
+            kwargs = engine_kwargs(self.settings) | {
+                "pool_size": 1,
+                "max_overflow": 0,
+                "isolation_level": "AUTOCOMMIT",
+            }
             self._engine = sqlalchemy.create_engine(self.settings.url, **kwargs)
         statement = sqlalchemy.text("SELECT pg_try_advisory_lock(:key)")
         try:

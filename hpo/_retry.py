@@ -142,6 +142,7 @@ _RETRIED = (
     "get_trial_system_attrs",
     "record_heartbeat",
     "_get_stale_trial_ids",
+    "flush_trial",  # hpo._batched: a running trial's parameters and seed, in one transaction
 )
 _PASSED_THROUGH = (
     "remove_session",
@@ -149,6 +150,10 @@ _PASSED_THROUGH = (
     "get_heartbeat_stale_trial_callback",
     "get_failed_trial_callback",
 )
+
+
+# Every storage method a wrapper of a storage forwards (see also hpo._batched).
+STORAGE_METHODS = _RETRIED + _PASSED_THROUGH
 
 
 def _delegate(name: str, *, retried: bool) -> Callable[..., Any]:

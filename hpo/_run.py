@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import signal
@@ -14,8 +15,11 @@ from dataclasses import dataclass
 
 import optuna
 
+from trainer.data import DataSplits
+
+from ._batched import FlushAtStart
 from ._data import load_splits
-from ._objective import Objective
+from ._objective import Objective, TrialObserver
 from ._pruning import PruningMirror
 from ._retry import call_with_retry, is_transient
 from ._runner import Worker, WorkerResult
@@ -50,6 +54,31 @@ def pruning_mirror(joined: JoinedStudy, spec: StudySpec) -> PruningMirror | None
         return None
     pruner = spec.pruner.build(epochs=spec.base.epochs)
     return PruningMirror(joined.study, pruner, spec.study.metric)
+
+
+def settle_heap() -> None:
+    """Before the trial loop: what exists now (modules, data, the study) lives as long as the
+    worker, so the collector stops walking it. Measured with the storage benchmark, the
+    collector's full passes over it cost about 3 ms of every book-6.5 trial's claim and tell."""
+    gc.collect()
+    gc.freeze()
+
+
+def build_objective(
+    joined: JoinedStudy,
+    spec: StudySpec,
+    splits: DataSplits | None,
+    *,
+    observers: tuple[TrialObserver, ...] = (),
+) -> Callable[[optuna.Trial], float]:
+    """The objective a worker runs: its trials' parameters and seed are written as each
+    starts (`FlushAtStart`), before the other observers (MLflow) hear of it."""
+    observers = (FlushAtStart(joined.retrying), *observers)
+    if splits is None:  # optimizer paths or activations: no data, nothing trained
+        from ._probes import ProbeObjective
+
+        return ProbeObjective(spec, observers=observers)
+    return Objective(spec, splits, mirror=pruning_mirror(joined, spec), observers=observers)
 
 
 def start_tracker(
@@ -88,16 +117,7 @@ def run_in_process(
     splits = load_splits(spec.data, seed=spec.study.seed) if spec.trains else None
     if mlflow is not None and not mlflow.wait_ready():
         logger.warning("the MLflow tracking process did not start; see hpo sync-mlflow")
-    observers = (mlflow,) if mlflow else ()
-    objective: Callable[[optuna.Trial], float]
-    if splits is None:  # optimizer paths or activations: no data, nothing trained
-        from ._probes import ProbeObjective
-
-        objective = ProbeObjective(spec, observers=observers)
-    else:
-        objective = Objective(
-            spec, splits, mirror=pruning_mirror(joined, spec), observers=observers
-        )
+    objective = build_objective(joined, spec, splits, observers=(mlflow,) if mlflow else ())
     tracker = _ProgressTracker(joined, progress)
     ran: list[int] = []
 
@@ -116,6 +136,7 @@ def run_in_process(
         on_trial_end=on_trial_end,
     )
     tracker.refresh()
+    settle_heap()
     try:
         result: WorkerResult = worker.run()
     except KeyboardInterrupt:

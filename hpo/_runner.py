@@ -255,6 +255,8 @@ class Worker:
             return None
         if finished + counts.get("RUNNING", 0) >= self.n_trials:
             return _WAIT
+        # Counted under the lock: `ask` need not look for waiting trials if there are none.
+        self.joined.batched.expect_waiting(counts.get("WAITING", 0))
         with warnings.catch_warnings():
             # Optuna warns that heartbeats are meant for Study.optimize; this loop is our
             # Study.optimize, with the heartbeat below.

@@ -21,6 +21,7 @@ from typing import Any
 import optuna
 from optuna.storages._cached_storage import _CachedStorage
 
+from ._batched import BatchedTrialStorage
 from ._errors import ConfigError
 from ._locks import StorageLock
 from ._retry import RetryingStorage
@@ -91,6 +92,7 @@ class JoinedStudy:
     study_id: int
     worker_index: int
     retrying: RetryingStorage
+    batched: BatchedTrialStorage
 
 
 def prepare_study(settings: StorageSettings, spec: StudySpec) -> bool:
@@ -182,15 +184,18 @@ def join_study(
             storage.set_study_user_attr(study_id, WORKERS_ATTR, worker_index + 1)
     seed = sampler_seed(spec, worker_index)
     # The cache Optuna puts around an RDBStorage, which keeps finished trials in memory so
-    # that the sampler does not read them again at every ask, inside the retries.
-    retrying = RetryingStorage(_CachedStorage(storage), what=f"the storage {settings.redacted()}")
+    # that the sampler does not read them again at every ask; around it, this worker's
+    # running trials written in two transactions each (see hpo._batched); around both, the
+    # retries.
+    batched = BatchedTrialStorage(_CachedStorage(storage))
+    retrying = RetryingStorage(batched, what=f"the storage {settings.redacted()}")
     study = optuna.load_study(
         study_name=name,
         storage=retrying,
         sampler=spec.sampler.build(seed=seed, space=spec.space),
         pruner=spec.pruner.build(epochs=spec.base.epochs),
     )
-    return JoinedStudy(study, storage, study_id, worker_index, retrying)
+    return JoinedStudy(study, storage, study_id, worker_index, retrying, batched)
 
 
 def load_existing_study(settings: StorageSettings, name: str) -> optuna.Study:

@@ -140,6 +140,7 @@ def test_a_dead_workers_trial_is_failed_and_retried_once_with_its_seed(storage_u
     dead = joined.study.ask()
     dead.suggest_float("lr", 1e-4, 1e-1, log=True)
     dead.set_user_attr("seed", 4242)
+    joined.retrying.flush_trial(dead._trial_id)  # as the objective's FlushAtStart does
     joined.storage.record_heartbeat(dead._trial_id)
     time.sleep(settings.grace_period + 1.5)
 

@@ -1,0 +1,398 @@
+"""A running trial's writes, gathered into two transactions instead of one per call.
+
+Through Optuna's RDB storage, every `suggest_*`, `set_user_attr` and `report` is a committed
+transaction of its own, and `ask` and `tell` read the trial back three times: about 25 SQL
+round trips per trial, 45 ms on PostgreSQL here against a 250 ms book-6.5 trial. This layer
+keeps the trials this worker runs in memory and writes each in two transactions:
+
+- when training starts (`FlushAtStart`, an observer of the objective): the sampled
+  parameters and the seed, so that a trial whose worker dies is retried with both, exactly as
+  before;
+- when it ends (`tell`): its history and other attributes, reported values, state and value.
+
+Reads of a running trial are answered from memory. System attributes (a pruner's rung
+values, read by other workers) are written at once, as before. Each flush uses Optuna's own
+write helpers inside one session, so the rows are those Optuna would write. The queue of a
+flush is kept until it commits, so a flush that lost its connection is repeated whole: user
+attributes and intermediate values are upserts, and a repeat whose parameters were committed
+by the lost try rolls back as a whole on their unique key.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import threading
+from collections.abc import Container, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import optuna
+import sqlalchemy
+from optuna.distributions import (
+    BaseDistribution,
+    check_distribution_compatibility,
+    distribution_to_json,
+    json_to_distribution,
+)
+from optuna.storages import BaseStorage
+from optuna.storages._cached_storage import _CachedStorage
+from optuna.storages._heartbeat import BaseHeartbeat
+from optuna.storages._rdb import models
+from optuna.trial import FrozenTrial, TrialState
+from sqlalchemy.dialects import postgresql, sqlite
+
+from trainer import EpochMetrics
+
+from ._retry import STORAGE_METHODS
+
+logger = logging.getLogger(__name__)
+
+_TRIALS = models.TrialModel.__table__
+
+
+def _upsert(
+    connection: sqlalchemy.Connection, model: Any, keys: tuple[str, ...], rows: list[dict]
+) -> None:
+    """Insert `rows` into `model`'s table, or update the row with the same `keys`."""
+    if not rows:
+        return
+    dialect = {"postgresql": postgresql, "sqlite": sqlite}[connection.dialect.name]
+    statement = dialect.insert(model.__table__)
+    updated = {c: statement.excluded[c] for c in rows[0] if c not in keys}
+    connection.execute(statement.on_conflict_do_update(index_elements=keys, set_=updated), rows)
+
+
+def _intermediate_row(trial_id: int, step: int, value: float) -> dict[str, Any]:
+    stored, kind = models.TrialIntermediateValueModel.intermediate_value_to_stored_repr(value)
+    return {
+        "trial_id": trial_id,
+        "step": step,
+        "intermediate_value": stored,
+        "intermediate_value_type": kind,
+    }
+
+
+def _value_row(trial_id: int, objective: int, value: float) -> dict[str, Any]:
+    stored, kind = models.TrialValueModel.value_to_stored_repr(value)
+    return {"trial_id": trial_id, "objective": objective, "value": stored, "value_type": kind}
+
+
+@dataclass
+class _Pending:
+    """What a running trial has been given since its last flush."""
+
+    params: dict[str, tuple[float, BaseDistribution]] = field(default_factory=dict)
+    user_attrs: dict[str, Any] = field(default_factory=dict)
+    intermediate_values: dict[int, float] = field(default_factory=dict)
+
+    def __bool__(self) -> bool:
+        return bool(self.params or self.user_attrs or self.intermediate_values)
+
+
+class BatchedTrialStorage(BaseStorage, BaseHeartbeat):
+    """Optuna's cached RDB storage, with this worker's running trials written in batches."""
+
+    def __init__(self, inner: _CachedStorage) -> None:
+        self.inner = inner
+        self.backend: optuna.storages.RDBStorage = inner._backend
+        # Batching writes Optuna's tables itself; only the dialects hpo supports do upserts.
+        self.enabled = self.backend.engine.dialect.name in ("postgresql", "sqlite")
+        self._live: dict[int, FrozenTrial] = {}  # this worker's running trials, as they are
+        self._pending: dict[int, _Pending] = {}
+        self._ended: dict[int, FrozenTrial] = {}  # finished here, until tell reads it back
+        self._distributions: dict[str, BaseDistribution] = {}  # one study per worker
+        self._lock = threading.Lock()
+        self._thread = threading.local()
+
+    # -- the running trial: created, read, written ---------------------------------------
+
+    def create_new_trial(self, study_id: int, template_trial: FrozenTrial | None = None) -> int:
+        trial_id = self.inner.create_new_trial(study_id, template_trial)
+        if self.enabled and template_trial is None:  # `ask`; templates are retries, enqueues
+            self._adopt(trial_id, self._created(study_id, trial_id))
+        return trial_id
+
+    def _created(self, study_id: int, trial_id: int) -> FrozenTrial:
+        """The new trial as the cache got it from its INSERT, else read back."""
+        try:
+            _, number = self.inner._trial_id_to_study_id_and_number[trial_id]
+            return copy.deepcopy(self.inner._studies[study_id].trials[number])
+        except (AttributeError, KeyError):
+            return self.inner.get_trial(trial_id)
+
+    def _adopt(self, trial_id: int, trial: FrozenTrial) -> None:
+        with self._lock:
+            self._live[trial_id] = trial
+            self._pending[trial_id] = _Pending()
+            self._ended.pop(trial_id, None)
+
+    def get_trial(self, trial_id: int) -> FrozenTrial:
+        with self._lock:
+            trial = self._live.get(trial_id) or self._ended.pop(trial_id, None)
+            if trial is not None:
+                return copy.deepcopy(trial)
+        return self.inner.get_trial(trial_id)
+
+    def set_trial_param(
+        self,
+        trial_id: int,
+        param_name: str,
+        param_value_internal: float,
+        distribution: BaseDistribution,
+    ) -> None:
+        with self._lock:
+            trial = self._live.get(trial_id)
+            if trial is not None:
+                if param_name in trial.distributions:
+                    raise RuntimeError(f"parameter {param_name!r} is already set")
+                trial.distributions = {**trial.distributions, param_name: distribution}
+                trial.params = {
+                    **trial.params,
+                    param_name: distribution.to_external_repr(param_value_internal),
+                }
+                self._pending[trial_id].params[param_name] = (param_value_internal, distribution)
+                return
+        self.inner.set_trial_param(trial_id, param_name, param_value_internal, distribution)
+
+    def set_trial_user_attr(self, trial_id: int, key: str, value: Any) -> None:
+        with self._lock:
+            trial = self._live.get(trial_id)
+            if trial is not None:
+                trial.user_attrs[key] = value
+                self._pending[trial_id].user_attrs[key] = value
+                return
+        self.inner.set_trial_user_attr(trial_id, key, value)
+
+    def set_trial_intermediate_value(
+        self, trial_id: int, step: int, intermediate_value: float
+    ) -> None:
+        with self._lock:
+            trial = self._live.get(trial_id)
+            if trial is not None:
+                trial.intermediate_values[step] = intermediate_value
+                self._pending[trial_id].intermediate_values[step] = intermediate_value
+                return
+        self.inner.set_trial_intermediate_value(trial_id, step, intermediate_value)
+
+    def set_trial_system_attr(self, trial_id: int, key: str, value: Any) -> None:
+        self.inner.set_trial_system_attr(trial_id, key, value)  # other workers read these
+        with self._lock:
+            if trial_id in self._live:
+                self._live[trial_id].system_attrs[key] = value
+
+    # -- flushes --------------------------------------------------------------------------
+
+    def flush_trial(self, trial_id: int) -> None:
+        """Write what a running trial has been given so far, in one transaction."""
+        with self._lock:
+            pending = self._pending.get(trial_id)
+            if not pending:
+                return
+        self._write(trial_id, pending)
+        with self._lock:
+            if self._pending.get(trial_id) is pending:
+                self._pending[trial_id] = _Pending()
+
+    def set_trial_state_values(
+        self, trial_id: int, state: TrialState, values: Sequence[float] | None = None
+    ) -> bool:
+        with self._lock:
+            live = self._live.get(trial_id)
+        if live is None or not state.is_finished():
+            done = self.inner.set_trial_state_values(trial_id, state, values)
+            if done and state == TrialState.RUNNING and self.enabled:  # a waiting trial popped
+                self._adopt(trial_id, self.inner.get_trial(trial_id))
+            return done
+        try:
+            self._write(trial_id, self._pending[trial_id], state=state, values=values)
+        except optuna.exceptions.UpdateFinishedTrialError:
+            self._forget(trial_id)  # finished elsewhere (failed as stale): the storage knows
+            raise
+        with self._lock:
+            live.state = state
+            live.values = list(values) if values is not None else None
+            live.datetime_complete = datetime.now()
+            self._live.pop(trial_id, None)
+            self._pending.pop(trial_id, None)
+            self._ended = {trial_id: live}  # for tell's read back, then from the storage
+        return True
+
+    def _forget(self, trial_id: int) -> None:
+        with self._lock:
+            self._live.pop(trial_id, None)
+            self._pending.pop(trial_id, None)
+
+    def _write(
+        self,
+        trial_id: int,
+        pending: _Pending,
+        *,
+        state: TrialState | None = None,
+        values: Sequence[float] | None = None,
+    ) -> None:
+        """One transaction: a statement per table that has rows to write, then the commit.
+
+        The rows are Optuna's own (its models' tables and their stored forms of values); the
+        trial's row is locked first and must still be running, as Optuna's writes check.
+        """
+        try:
+            with self.backend.engine.begin() as connection:
+                self._lock_running_trial(connection, trial_id, state)
+                self._write_params(connection, trial_id, pending.params)
+                _upsert(connection, models.TrialUserAttributeModel, ("trial_id", "key"), [
+                    {"trial_id": trial_id, "key": key, "value_json": json.dumps(value)}
+                    for key, value in pending.user_attrs.items()
+                ])  # fmt: skip
+                _upsert(connection, models.TrialIntermediateValueModel, ("trial_id", "step"), [
+                    _intermediate_row(trial_id, step, value)
+                    for step, value in pending.intermediate_values.items()
+                ])  # fmt: skip
+                if state is not None:
+                    _upsert(connection, models.TrialValueModel, ("trial_id", "objective"), [
+                        _value_row(trial_id, objective, value)
+                        for objective, value in enumerate(values or ())
+                    ])  # fmt: skip
+        except sqlalchemy.exc.IntegrityError:
+            # Only a repeated flush meets a unique key: its lost try had committed the
+            # parameters, and with them everything else of that try.
+            if not pending.params:
+                raise
+            logger.debug("trial id %s: this flush had been committed already", trial_id)
+
+    def _lock_running_trial(
+        self, connection: sqlalchemy.Connection, trial_id: int, state: TrialState | None
+    ) -> None:
+        """Lock the trial's row for this transaction, and end it with `state` if given;
+        refuse, as Optuna does, if it is no longer running."""
+        running = _TRIALS.c.state == TrialState.RUNNING
+        if state is not None:
+            ended = connection.execute(
+                _TRIALS.update()
+                .where(_TRIALS.c.trial_id == trial_id, running)
+                .values(state=state, datetime_complete=datetime.now())
+            )
+            if ended.rowcount == 1:
+                return
+        else:
+            locked = connection.execute(
+                sqlalchemy.select(_TRIALS.c.trial_id)
+                .where(_TRIALS.c.trial_id == trial_id, running)
+                .with_for_update()
+            ).one_or_none()
+            if locked is not None:
+                return
+        found = connection.execute(
+            sqlalchemy.select(_TRIALS.c.state).where(_TRIALS.c.trial_id == trial_id)
+        ).one_or_none()
+        if found is None:
+            raise KeyError(f"no trial with id {trial_id}")
+        self.backend.check_trial_is_updatable(trial_id, found.state)  # raises: finished
+        raise RuntimeError(f"trial id {trial_id} is {found.state.name}, not running")
+
+    def _write_params(
+        self,
+        connection: sqlalchemy.Connection,
+        trial_id: int,
+        params: dict[str, tuple[float, BaseDistribution]],
+    ) -> None:
+        if not params:
+            return
+        unknown = [name for name in params if name not in self._distributions]
+        if unknown:  # a parameter keeps its distribution across the study's trials
+            table = models.TrialParamModel.__table__
+            study = (
+                sqlalchemy.select(_TRIALS.c.study_id)
+                .where(_TRIALS.c.trial_id == trial_id)
+                .scalar_subquery()
+            )
+            rows = connection.execute(
+                sqlalchemy.select(
+                    table.c.param_name, sqlalchemy.func.min(table.c.distribution_json)
+                )
+                .join(_TRIALS, _TRIALS.c.trial_id == table.c.trial_id)
+                .where(_TRIALS.c.study_id == study, table.c.param_name.in_(unknown))
+                .group_by(table.c.param_name)
+            ).all()
+            for name, distribution_json in rows:
+                self._distributions[name] = json_to_distribution(distribution_json)
+        for name, (_, distribution) in params.items():
+            previous = self._distributions.get(name)
+            if previous is not None:
+                check_distribution_compatibility(previous, distribution)
+        connection.execute(
+            sqlalchemy.insert(models.TrialParamModel.__table__),
+            [
+                {
+                    "trial_id": trial_id,
+                    "param_name": name,
+                    "param_value": internal,
+                    "distribution_json": distribution_to_json(distribution),
+                }
+                for name, (internal, distribution) in params.items()
+            ],
+        )
+        for name, (_, distribution) in params.items():
+            self._distributions.setdefault(name, distribution)
+
+    # -- everything else goes to the cached storage ---------------------------------------
+
+    def get_all_trials(
+        self,
+        study_id: int,
+        deepcopy: bool = True,
+        states: Container[TrialState] | None = None,
+    ) -> list[FrozenTrial]:
+        # `ask` looks for a waiting trial at every claim, reading every trial updated since
+        # the last one; usually there is none, and the claim's count under the lock said so.
+        waiting_only = states is not None and tuple(states) == (TrialState.WAITING,)
+        expected, self._thread.waiting = getattr(self._thread, "waiting", None), None
+        if self.enabled and waiting_only and expected == 0:
+            return []
+        return self.inner.get_all_trials(study_id, deepcopy=deepcopy, states=states)
+
+    def expect_waiting(self, count: int) -> None:
+        """The number of waiting trials, just counted: the next look for them in this thread
+        takes it instead of reading the trials. (One that appears in between, a dead
+        worker's trial queued for retry, is taken by a later claim.)"""
+        self._thread.waiting = count
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+
+def _forward(name: str) -> Any:
+    def method(self: BatchedTrialStorage, *args: Any, **kwargs: Any) -> Any:
+        return getattr(self.inner, name)(*args, **kwargs)
+
+    method.__name__ = method.__qualname__ = name
+    return method
+
+
+for _name in STORAGE_METHODS:
+    if _name not in BatchedTrialStorage.__dict__:
+        setattr(BatchedTrialStorage, _name, _forward(_name))
+BatchedTrialStorage.__abstractmethods__ = frozenset()
+
+
+class FlushAtStart:
+    """An objective's observer: the trial's parameters and seed reach the storage as its
+    training starts, so that a retry after a crash has both."""
+
+    def __init__(self, storage: BaseStorage) -> None:
+        self.storage = storage
+
+    def trial_started(self, trial: optuna.trial.BaseTrial, seed: int) -> None:
+        trial_id = getattr(trial, "_trial_id", None)
+        if trial_id is not None and hasattr(self.storage, "flush_trial"):
+            self.storage.flush_trial(trial_id)
+
+    def epoch_ended(
+        self, trial: optuna.trial.BaseTrial, epoch: int, metrics: EpochMetrics
+    ) -> None:
+        pass
+
+    def trial_ending(self, trial: optuna.trial.BaseTrial) -> None:
+        pass
