@@ -6,16 +6,18 @@ round trips per trial, 45 ms on PostgreSQL here against a 250 ms book-6.5 trial.
 keeps the trials this worker runs in memory and writes each in two transactions:
 
 - when training starts (`FlushAtStart`, an observer of the objective): the sampled
-  parameters and the seed, so that a trial whose worker dies is retried with both, exactly as
-  before;
+  parameters, the seed and what the sampler noted in system attributes, so that a trial
+  whose worker dies is retried with all of them, exactly as before;
 - when it ends (`tell`): its history and other attributes, reported values, state and value.
 
-Reads of a running trial are answered from memory. System attributes (a pruner's rung
-values, read by other workers) are written at once, as before. Each flush uses Optuna's own
-write helpers inside one session, so the rows are those Optuna would write. The queue of a
-flush is kept until it commits, so a flush that lost its connection is repeated whole: user
-attributes and intermediate values are upserts, and a repeat whose parameters were committed
-by the lost try rolls back as a whole on their unique key.
+A new trial is created in two statements where Optuna takes four, under the same lock of the
+study's row. Reads of a running trial are answered from memory, and while a trial is sampled
+the study's trials are read once for all of the sampler's reads. System attributes set once
+training runs (a pruner's rung values, read by other workers) are written at once. The rows
+are those Optuna writes, in its own tables and stored forms. The queue of a flush is kept
+until it commits, so a flush that lost its connection is repeated whole: attributes and
+intermediate values are upserts, and a repeat whose parameters were committed by the lost
+try rolls back as a whole on their unique key.
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ from optuna.distributions import (
     json_to_distribution,
 )
 from optuna.storages import BaseStorage
-from optuna.storages._cached_storage import _CachedStorage
+from optuna.storages._cached_storage import _CachedStorage, _StudyInfo
 from optuna.storages._heartbeat import BaseHeartbeat
 from optuna.storages._rdb import models
 from optuna.trial import FrozenTrial, TrialState
@@ -51,6 +53,7 @@ from ._retry import STORAGE_METHODS
 logger = logging.getLogger(__name__)
 
 _TRIALS = models.TrialModel.__table__
+_STUDIES = models.StudyModel.__table__
 
 
 def _upsert(
@@ -86,10 +89,13 @@ class _Pending:
 
     params: dict[str, tuple[float, BaseDistribution]] = field(default_factory=dict)
     user_attrs: dict[str, Any] = field(default_factory=dict)
+    system_attrs: dict[str, Any] = field(default_factory=dict)  # only before the first flush
     intermediate_values: dict[int, float] = field(default_factory=dict)
 
     def __bool__(self) -> bool:
-        return bool(self.params or self.user_attrs or self.intermediate_values)
+        return bool(
+            self.params or self.user_attrs or self.system_attrs or self.intermediate_values
+        )
 
 
 class BatchedTrialStorage(BaseStorage, BaseHeartbeat):
@@ -104,30 +110,75 @@ class BatchedTrialStorage(BaseStorage, BaseHeartbeat):
         self._pending: dict[int, _Pending] = {}
         self._ended: dict[int, FrozenTrial] = {}  # finished here, until tell reads it back
         self._distributions: dict[str, BaseDistribution] = {}  # one study per worker
+        self._flushed: set[int] = set()  # live trials whose training has started
         self._lock = threading.Lock()
         self._thread = threading.local()
 
     # -- the running trial: created, read, written ---------------------------------------
 
     def create_new_trial(self, study_id: int, template_trial: FrozenTrial | None = None) -> int:
-        trial_id = self.inner.create_new_trial(study_id, template_trial)
-        if self.enabled and template_trial is None:  # `ask`; templates are retries, enqueues
-            self._adopt(trial_id, self._created(study_id, trial_id))
-        return trial_id
+        if not self.enabled or template_trial is not None:  # templates: retries, enqueues
+            return self.inner.create_new_trial(study_id, template_trial)
+        trial = self._insert_trial(study_id)  # `ask`
+        with self.inner._lock:  # as the cache records the trials it creates
+            self.inner._studies.setdefault(study_id, _StudyInfo())
+            self.inner._add_trials_to_cache(study_id, [copy.deepcopy(trial)])
+        self._adopt(trial._trial_id, trial)
+        return trial._trial_id
 
-    def _created(self, study_id: int, trial_id: int) -> FrozenTrial:
-        """The new trial as the cache got it from its INSERT, else read back."""
-        try:
-            _, number = self.inner._trial_id_to_study_id_and_number[trial_id]
-            return copy.deepcopy(self.inner._studies[study_id].trials[number])
-        except (AttributeError, KeyError):
-            return self.inner.get_trial(trial_id)
+    def _insert_trial(self, study_id: int) -> FrozenTrial:
+        """A new running trial in two statements where Optuna takes four.
+
+        As in Optuna, the study's row is locked first, so that trials are created one at a
+        time and a trial's number is the count of the study's trials before it.
+        """
+        started = datetime.now()
+        number = (
+            sqlalchemy.select(sqlalchemy.func.count())
+            .select_from(_TRIALS)
+            .where(_TRIALS.c.study_id == study_id)
+            .scalar_subquery()
+        )
+        with self.backend.engine.begin() as connection:
+            study = connection.execute(
+                sqlalchemy.select(_STUDIES.c.study_id)
+                .where(_STUDIES.c.study_id == study_id)
+                .with_for_update()
+            ).one_or_none()
+            if study is None:
+                raise KeyError(f"no study with id {study_id}")
+            created = connection.execute(
+                _TRIALS.insert()
+                .values(
+                    number=number,
+                    study_id=study_id,
+                    state=TrialState.RUNNING,
+                    datetime_start=started,
+                )
+                .returning(_TRIALS.c.trial_id, _TRIALS.c.number)
+            ).one()
+        return FrozenTrial(
+            number=created.number,
+            state=TrialState.RUNNING,
+            value=None,
+            values=None,
+            datetime_start=started,
+            datetime_complete=None,
+            params={},
+            distributions={},
+            user_attrs={},
+            system_attrs={},
+            intermediate_values={},
+            trial_id=created.trial_id,
+        )
 
     def _adopt(self, trial_id: int, trial: FrozenTrial) -> None:
         with self._lock:
             self._live[trial_id] = trial
             self._pending[trial_id] = _Pending()
             self._ended.pop(trial_id, None)
+            self._flushed.discard(trial_id)
+        self._thread.sampling = _Sampling(trial.number)
 
     def get_trial(self, trial_id: int) -> FrozenTrial:
         with self._lock:
@@ -178,7 +229,15 @@ class BatchedTrialStorage(BaseStorage, BaseHeartbeat):
         self.inner.set_trial_intermediate_value(trial_id, step, intermediate_value)
 
     def set_trial_system_attr(self, trial_id: int, key: str, value: Any) -> None:
-        self.inner.set_trial_system_attr(trial_id, key, value)  # other workers read these
+        # Once training has started, at once: other workers' pruners read rung values. Before
+        # it (a sampler's notes), with the parameters, which no other worker reads earlier.
+        with self._lock:
+            trial = self._live.get(trial_id)
+            if trial is not None and trial_id not in self._flushed:
+                trial.system_attrs[key] = value
+                self._pending[trial_id].system_attrs[key] = value
+                return
+        self.inner.set_trial_system_attr(trial_id, key, value)
         with self._lock:
             if trial_id in self._live:
                 self._live[trial_id].system_attrs[key] = value
@@ -187,18 +246,23 @@ class BatchedTrialStorage(BaseStorage, BaseHeartbeat):
 
     def flush_trial(self, trial_id: int) -> None:
         """Write what a running trial has been given so far, in one transaction."""
+        self._end_sampling()
         with self._lock:
             pending = self._pending.get(trial_id)
             if not pending:
+                if trial_id in self._live:
+                    self._flushed.add(trial_id)
                 return
         self._write(trial_id, pending)
         with self._lock:
             if self._pending.get(trial_id) is pending:
                 self._pending[trial_id] = _Pending()
+                self._flushed.add(trial_id)
 
     def set_trial_state_values(
         self, trial_id: int, state: TrialState, values: Sequence[float] | None = None
     ) -> bool:
+        self._end_sampling()
         with self._lock:
             live = self._live.get(trial_id)
         if live is None or not state.is_finished():
@@ -217,6 +281,7 @@ class BatchedTrialStorage(BaseStorage, BaseHeartbeat):
             live.datetime_complete = datetime.now()
             self._live.pop(trial_id, None)
             self._pending.pop(trial_id, None)
+            self._flushed.discard(trial_id)
             self._ended = {trial_id: live}  # for tell's read back, then from the storage
         return True
 
@@ -224,6 +289,7 @@ class BatchedTrialStorage(BaseStorage, BaseHeartbeat):
         with self._lock:
             self._live.pop(trial_id, None)
             self._pending.pop(trial_id, None)
+            self._flushed.discard(trial_id)
 
     def _write(
         self,
@@ -245,6 +311,10 @@ class BatchedTrialStorage(BaseStorage, BaseHeartbeat):
                 _upsert(connection, models.TrialUserAttributeModel, ("trial_id", "key"), [
                     {"trial_id": trial_id, "key": key, "value_json": json.dumps(value)}
                     for key, value in pending.user_attrs.items()
+                ])  # fmt: skip
+                _upsert(connection, models.TrialSystemAttributeModel, ("trial_id", "key"), [
+                    {"trial_id": trial_id, "key": key, "value_json": json.dumps(value)}
+                    for key, value in pending.system_attrs.items()
                 ])  # fmt: skip
                 _upsert(connection, models.TrialIntermediateValueModel, ("trial_id", "step"), [
                     _intermediate_row(trial_id, step, value)
@@ -351,7 +421,23 @@ class BatchedTrialStorage(BaseStorage, BaseHeartbeat):
         expected, self._thread.waiting = getattr(self._thread, "waiting", None), None
         if self.enabled and waiting_only and expected == 0:
             return []
-        return self.inner.get_all_trials(study_id, deepcopy=deepcopy, states=states)
+        sampling: _Sampling | None = getattr(self._thread, "sampling", None)
+        if sampling is None:
+            return self.inner.get_all_trials(study_id, deepcopy=deepcopy, states=states)
+        # While a trial is sampled, a sampler reads the study two or three times within
+        # milliseconds (TPE: the search space, then the trials); one read answers them all,
+        # as Optuna's own cache does for some of them.
+        if sampling.trials is None:
+            sampling.trials = self.inner.get_all_trials(study_id, deepcopy=False)
+        with self._lock:
+            live = {trial.number: trial for trial in self._live.values()}
+        trials = [live.get(trial.number, trial) for trial in sampling.trials]
+        if states is not None:
+            trials = [trial for trial in trials if trial.state in states]
+        return copy.deepcopy(trials) if deepcopy else trials
+
+    def _end_sampling(self) -> None:
+        self._thread.sampling = None
 
     def expect_waiting(self, count: int) -> None:
         """The number of waiting trials, just counted: the next look for them in this thread
@@ -361,6 +447,14 @@ class BatchedTrialStorage(BaseStorage, BaseHeartbeat):
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.inner, name)
+
+
+@dataclass
+class _Sampling:
+    """A trial being sampled in this thread, and the study's trials as read for it."""
+
+    number: int
+    trials: list[FrozenTrial] | None = None
 
 
 def _forward(name: str) -> Any:

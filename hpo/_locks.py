@@ -82,6 +82,11 @@ class StorageLock:
         if not self.reuse:
             self.close()
 
+    @property
+    def connection(self) -> sqlalchemy.Connection | None:
+        """The PostgreSQL connection holding the lock (autocommit), for reads under it."""
+        return self._connection
+
     def _try_acquire(self) -> bool:
         if self.settings.backend == "postgresql":
             return self._try_postgres()

@@ -212,7 +212,8 @@ class Worker:
             self._fail_dead_workers_trials()
 
     def counts(self) -> dict[str, int]:
-        return count_trials(self.joined.storage, self.joined.study_id)
+        """Trials by state; under the claim lock, on the lock's connection if it has one."""
+        return count_trials(self.joined.storage, self.joined.study_id, self._claims.connection)
 
     def _claim(self, deadline: float | None) -> optuna.Trial | None:
         """The next trial to run, or None once the budget is spent or the deadline passed.

@@ -28,6 +28,29 @@ def spec(tiny_study_file):
     return load_study_file(tiny_study_file(n_trials=6, epochs=4, pruner="median", extra=extra))
 
 
+TPE = """
+[search.weight_decay_lambda]
+type = "float"
+low = 1e-8
+high = 1e-4
+log = true
+"""
+
+
+@pytest.fixture
+def tpe_spec(tiny_study_file):
+    """TPE samples relatively after two trials, and notes what it sampled as a system
+    attribute of the trial (``tpe:relative_params``)."""
+    path = tiny_study_file(n_trials=5, epochs=2, extra=TPE)
+    text = path.read_text().replace(
+        '[sampler]\nname = "random"',
+        '[sampler]\nname = "tpe"\nn_startup_trials = 2\nmultivariate = true\nconstant_liar = true',
+    )
+    assert "tpe" in text
+    path.write_text(text)
+    return load_study_file(path)
+
+
 def _run(url: str, spec, *, batched: bool = True, observers=()) -> Worker:
     settings = resolve_storage(url)
     prepare_study(settings, spec)
@@ -57,6 +80,7 @@ def _record(trial: optuna.trial.FrozenTrial) -> tuple:
         trial.params,
         trial.distributions,
         trial.user_attrs,
+        trial.system_attrs,
         trial.intermediate_values,
         trial.datetime_complete is not None,
     )
@@ -71,6 +95,18 @@ def test_batched_trials_are_stored_as_optuna_stores_them(storage_url, spec, tmp_
     assert len(batched) == 6
     assert {t.state for t in batched} == {TrialState.COMPLETE, TrialState.PRUNED}
     assert all(t.user_attrs["history"]["val_acc"] and "seed" in t.user_attrs for t in batched)
+
+
+def test_tpe_samples_the_same_trials_batched(storage_url, tpe_spec, tmp_path):
+    """TPE's reads while a trial is sampled are answered from one read of the study: it
+    must sample what it samples from Optuna's own storage, and its notes must be kept."""
+    _run(storage_url, tpe_spec)
+    plain = f"sqlite:///{tmp_path / 'plain.db'}"
+    _run(plain, tpe_spec, batched=False)
+    batched, unbatched = _stored(storage_url, "tiny"), _stored(plain, "tiny")
+    assert [_record(t) for t in batched] == [_record(t) for t in unbatched]
+    relative = [t.number for t in batched if any(k.startswith("tpe:") for k in t.system_attrs)]
+    assert relative == [2, 3, 4]
 
 
 def test_parameters_and_seed_are_in_the_database_when_training_starts(storage_url, spec):
@@ -95,6 +131,53 @@ def test_parameters_and_seed_are_in_the_database_when_training_starts(storage_ur
         t.number: (TrialState.RUNNING, t.params, t.user_attrs["seed"]) for t in finished
     }
     assert all(params for _, params, _ in seen.values())
+
+
+def test_a_samplers_notes_are_in_the_database_when_training_starts(storage_url, tpe_spec):
+    """System attributes set while sampling are written with the parameters: a retry of
+    the trial copies them."""
+    seen = {}
+
+    class Peek:
+        def trial_started(self, trial, seed):
+            seen[trial.number] = _stored(storage_url, "tiny")[trial.number].system_attrs
+
+        def epoch_ended(self, trial, epoch, metrics):
+            pass
+
+        def trial_ending(self, trial):
+            pass
+
+    worker = _run(storage_url, tpe_spec, observers=(Peek(),))
+    finished = {t.number: t.system_attrs for t in worker.study.get_trials()}
+    assert seen == finished
+    assert all(any(k.startswith("tpe:") for k in seen[n]) for n in (2, 3, 4))
+
+
+def test_a_tpe_trial_reads_the_study_once_while_sampled(tmp_path, tpe_spec):
+    """TPE reads the study's trials twice per trial (its search space, then its model); one
+    read of the storage answers both."""
+    url = f"sqlite:///{tmp_path / 'reads.db'}"
+    settings = resolve_storage(url)
+    prepare_study(settings, tpe_spec)
+    joined = join_study(settings, tpe_spec, worker_index=0)
+    splits = load_splits(tpe_spec.data, seed=tpe_spec.study.seed)
+    objective = build_objective(joined, tpe_spec, splits)
+    worker = Worker(joined, settings, objective, n_trials=3)
+    worker.run()
+    reads = []
+    sqlalchemy.event.listen(
+        joined.storage.engine,
+        "before_cursor_execute",
+        lambda _c, _cur, statement, *_: (
+            reads.append(statement)
+            if statement.lstrip().startswith("SELECT") and "FROM trial_params" in statement
+            else None
+        ),
+    )
+    worker.n_trials = 4
+    worker.run()
+    assert len(reads) == 1, "\n".join(reads)
 
 
 def _asked(storage_url, spec):
