@@ -44,28 +44,13 @@ from optuna.storages._cached_storage import _CachedStorage, _StudyInfo
 from optuna.storages._heartbeat import BaseHeartbeat
 from optuna.storages._rdb import models
 from optuna.trial import FrozenTrial, TrialState
-from sqlalchemy.dialects import postgresql, sqlite
 
 from trainer import EpochMetrics
 
 from ._retry import STORAGE_METHODS
+from ._rows import RowWriter, Transaction
 
 logger = logging.getLogger(__name__)
-
-_TRIALS = models.TrialModel.__table__
-_STUDIES = models.StudyModel.__table__
-
-
-def _upsert(
-    connection: sqlalchemy.Connection, model: Any, keys: tuple[str, ...], rows: list[dict]
-) -> None:
-    """Insert `rows` into `model`'s table, or update the row with the same `keys`."""
-    if not rows:
-        return
-    dialect = {"postgresql": postgresql, "sqlite": sqlite}[connection.dialect.name]
-    statement = dialect.insert(model.__table__)
-    updated = {c: statement.excluded[c] for c in rows[0] if c not in keys}
-    connection.execute(statement.on_conflict_do_update(index_elements=keys, set_=updated), rows)
 
 
 def _intermediate_row(trial_id: int, step: int, value: float) -> dict[str, Any]:
@@ -104,6 +89,7 @@ class BatchedTrialStorage(BaseStorage, BaseHeartbeat):
     def __init__(self, inner: _CachedStorage) -> None:
         self.inner = inner
         self.backend: optuna.storages.RDBStorage = inner._backend
+        self.rows = RowWriter(self.backend.engine)
         # Batching writes Optuna's tables itself; only the dialects hpo supports do upserts.
         self.enabled = self.backend.engine.dialect.name in ("postgresql", "sqlite")
         self._live: dict[int, FrozenTrial] = {}  # this worker's running trials, as they are
@@ -133,32 +119,26 @@ class BatchedTrialStorage(BaseStorage, BaseHeartbeat):
         time and a trial's number is the count of the study's trials before it.
         """
         started = datetime.now()
-        number = (
-            sqlalchemy.select(sqlalchemy.func.count())
-            .select_from(_TRIALS)
-            .where(_TRIALS.c.study_id == study_id)
-            .scalar_subquery()
-        )
-        with self.backend.engine.begin() as connection:
-            study = connection.execute(
-                sqlalchemy.select(_STUDIES.c.study_id)
-                .where(_STUDIES.c.study_id == study_id)
-                .with_for_update()
-            ).one_or_none()
+        row = {
+            "study_id": study_id,
+            "state": self.rows.stored("trials", "state", TrialState.RUNNING),
+            "started": self.rows.stored("trials", "datetime_start", started),
+        }
+        with self.rows.transaction() as transaction:
+            study = transaction.execute(
+                "SELECT study_id FROM studies WHERE study_id = :study_id" + self.rows.for_update,
+                row,
+            ).fetchone()
             if study is None:
                 raise KeyError(f"no study with id {study_id}")
-            created = connection.execute(
-                _TRIALS.insert()
-                .values(
-                    number=number,
-                    study_id=study_id,
-                    state=TrialState.RUNNING,
-                    datetime_start=started,
-                )
-                .returning(_TRIALS.c.trial_id, _TRIALS.c.number)
-            ).one()
+            trial_id, number = transaction.execute(
+                "INSERT INTO trials (number, study_id, state, datetime_start) VALUES ("
+                "(SELECT COUNT(*) FROM trials WHERE study_id = :study_id), :study_id, :state, "
+                ":started) RETURNING trial_id, number",
+                row,
+            ).fetchone()
         return FrozenTrial(
-            number=created.number,
+            number=number,
             state=TrialState.RUNNING,
             value=None,
             values=None,
@@ -169,7 +149,7 @@ class BatchedTrialStorage(BaseStorage, BaseHeartbeat):
             user_attrs={},
             system_attrs={},
             intermediate_values={},
-            trial_id=created.trial_id,
+            trial_id=trial_id,
         )
 
     def _adopt(self, trial_id: int, trial: FrozenTrial) -> None:
@@ -186,6 +166,14 @@ class BatchedTrialStorage(BaseStorage, BaseHeartbeat):
             if trial is not None:
                 return copy.deepcopy(trial)
         return self.inner.get_trial(trial_id)
+
+    # Answered from `get_trial`, so that a live trial's buffered values are seen (GridSampler
+    # reads back the system attributes it set while sampling).
+    get_trial_param = BaseStorage.get_trial_param
+    get_trial_params = BaseStorage.get_trial_params
+    get_trial_user_attrs = BaseStorage.get_trial_user_attrs
+    get_trial_system_attrs = BaseStorage.get_trial_system_attrs
+    get_trial_number_from_id = BaseStorage.get_trial_number_from_id
 
     def set_trial_param(
         self,
@@ -304,27 +292,28 @@ class BatchedTrialStorage(BaseStorage, BaseHeartbeat):
         The rows are Optuna's own (its models' tables and their stored forms of values); the
         trial's row is locked first and must still be running, as Optuna's writes check.
         """
+        attrs = "trial_id, key"
         try:
-            with self.backend.engine.begin() as connection:
-                self._lock_running_trial(connection, trial_id, state)
-                self._write_params(connection, trial_id, pending.params)
-                _upsert(connection, models.TrialUserAttributeModel, ("trial_id", "key"), [
+            with self.rows.transaction() as transaction:
+                self._lock_running_trial(transaction, trial_id, state)
+                self._write_params(transaction, trial_id, pending.params)
+                transaction.insert("trial_user_attributes", [
                     {"trial_id": trial_id, "key": key, "value_json": json.dumps(value)}
                     for key, value in pending.user_attrs.items()
-                ])  # fmt: skip
-                _upsert(connection, models.TrialSystemAttributeModel, ("trial_id", "key"), [
+                ], upsert_on=attrs)  # fmt: skip
+                transaction.insert("trial_system_attributes", [
                     {"trial_id": trial_id, "key": key, "value_json": json.dumps(value)}
                     for key, value in pending.system_attrs.items()
-                ])  # fmt: skip
-                _upsert(connection, models.TrialIntermediateValueModel, ("trial_id", "step"), [
+                ], upsert_on=attrs)  # fmt: skip
+                transaction.insert("trial_intermediate_values", [
                     _intermediate_row(trial_id, step, value)
                     for step, value in pending.intermediate_values.items()
-                ])  # fmt: skip
+                ], upsert_on="trial_id, step")  # fmt: skip
                 if state is not None:
-                    _upsert(connection, models.TrialValueModel, ("trial_id", "objective"), [
+                    transaction.insert("trial_values", [
                         _value_row(trial_id, objective, value)
                         for objective, value in enumerate(values or ())
-                    ])  # fmt: skip
+                    ], upsert_on="trial_id, objective")  # fmt: skip
         except sqlalchemy.exc.IntegrityError:
             # Only a repeated flush meets a unique key: its lost try had committed the
             # parameters, and with them everything else of that try.
@@ -333,67 +322,66 @@ class BatchedTrialStorage(BaseStorage, BaseHeartbeat):
             logger.debug("trial id %s: this flush had been committed already", trial_id)
 
     def _lock_running_trial(
-        self, connection: sqlalchemy.Connection, trial_id: int, state: TrialState | None
+        self, transaction: Transaction, trial_id: int, state: TrialState | None
     ) -> None:
         """Lock the trial's row for this transaction, and end it with `state` if given;
         refuse, as Optuna does, if it is no longer running."""
-        running = _TRIALS.c.state == TrialState.RUNNING
+        row = {
+            "trial_id": trial_id,
+            "running": self.rows.stored("trials", "state", TrialState.RUNNING),
+        }
         if state is not None:
-            ended = connection.execute(
-                _TRIALS.update()
-                .where(_TRIALS.c.trial_id == trial_id, running)
-                .values(state=state, datetime_complete=datetime.now())
+            row["state"] = self.rows.stored("trials", "state", state)
+            row["ended"] = self.rows.stored("trials", "datetime_complete", datetime.now())
+            ended = transaction.execute(
+                "UPDATE trials SET state = :state, datetime_complete = :ended "
+                "WHERE trial_id = :trial_id AND state = :running",
+                row,
             )
             if ended.rowcount == 1:
                 return
         else:
-            locked = connection.execute(
-                sqlalchemy.select(_TRIALS.c.trial_id)
-                .where(_TRIALS.c.trial_id == trial_id, running)
-                .with_for_update()
-            ).one_or_none()
+            locked = transaction.execute(
+                "SELECT trial_id FROM trials WHERE trial_id = :trial_id AND state = :running"
+                + self.rows.for_update,
+                row,
+            ).fetchone()
             if locked is not None:
                 return
-        found = connection.execute(
-            sqlalchemy.select(_TRIALS.c.state).where(_TRIALS.c.trial_id == trial_id)
-        ).one_or_none()
+        found = transaction.execute(
+            "SELECT state FROM trials WHERE trial_id = :trial_id", row
+        ).fetchone()
         if found is None:
             raise KeyError(f"no trial with id {trial_id}")
-        self.backend.check_trial_is_updatable(trial_id, found.state)  # raises: finished
-        raise RuntimeError(f"trial id {trial_id} is {found.state.name}, not running")
+        found_state = TrialState[found[0]]
+        self.backend.check_trial_is_updatable(trial_id, found_state)  # raises: finished
+        raise RuntimeError(f"trial id {trial_id} is {found_state.name}, not running")
 
     def _write_params(
         self,
-        connection: sqlalchemy.Connection,
+        transaction: Transaction,
         trial_id: int,
         params: dict[str, tuple[float, BaseDistribution]],
     ) -> None:
         if not params:
             return
-        unknown = [name for name in params if name not in self._distributions]
-        if unknown:  # a parameter keeps its distribution across the study's trials
-            table = models.TrialParamModel.__table__
-            study = (
-                sqlalchemy.select(_TRIALS.c.study_id)
-                .where(_TRIALS.c.trial_id == trial_id)
-                .scalar_subquery()
-            )
-            rows = connection.execute(
-                sqlalchemy.select(
-                    table.c.param_name, sqlalchemy.func.min(table.c.distribution_json)
-                )
-                .join(_TRIALS, _TRIALS.c.trial_id == table.c.trial_id)
-                .where(_TRIALS.c.study_id == study, table.c.param_name.in_(unknown))
-                .group_by(table.c.param_name)
-            ).all()
-            for name, distribution_json in rows:
-                self._distributions[name] = json_to_distribution(distribution_json)
+        if any(name not in self._distributions for name in params):
+            # A parameter keeps its distribution across the study's trials.
+            known = transaction.execute(
+                "SELECT p.param_name, MIN(p.distribution_json) FROM trial_params p "
+                "JOIN trials t ON t.trial_id = p.trial_id WHERE t.study_id = "
+                "(SELECT study_id FROM trials WHERE trial_id = :trial_id) "
+                "GROUP BY p.param_name",
+                {"trial_id": trial_id},
+            ).fetchall()
+            for name, distribution_json in known:
+                self._distributions.setdefault(name, json_to_distribution(distribution_json))
         for name, (_, distribution) in params.items():
             previous = self._distributions.get(name)
             if previous is not None:
                 check_distribution_compatibility(previous, distribution)
-        connection.execute(
-            sqlalchemy.insert(models.TrialParamModel.__table__),
+        transaction.insert(
+            "trial_params",
             [
                 {
                     "trial_id": trial_id,
