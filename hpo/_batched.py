@@ -158,7 +158,7 @@ class BatchedTrialStorage(BaseStorage, BaseHeartbeat):
             self._pending[trial_id] = _Pending()
             self._ended.pop(trial_id, None)
             self._flushed.discard(trial_id)
-        self._thread.sampling = _Sampling(trial.number)
+        self._thread.sampling = _Sampling()
 
     def get_trial(self, trial_id: int) -> FrozenTrial:
         with self._lock:
@@ -439,9 +439,8 @@ class BatchedTrialStorage(BaseStorage, BaseHeartbeat):
 
 @dataclass
 class _Sampling:
-    """A trial being sampled in this thread, and the study's trials as read for it."""
+    """A trial is being sampled in this thread; the study's trials as read for it."""
 
-    number: int
     trials: list[FrozenTrial] | None = None
 
 
