@@ -51,7 +51,9 @@ def _cmd_sync(args: argparse.Namespace) -> int:
         # With no trial running, no worker is active, so nothing can be in flight.
         running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
         settle = args.settle if running else 0.0
-        report = sync_study(client, parent, study, spec.study.metric, settle_s=settle)
+        report = sync_study(
+            client, parent, study, spec.study.metric, storage=settings, settle_s=settle
+        )
     except Exception as error:
         if isinstance(error, ConfigError):
             raise

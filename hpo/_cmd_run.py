@@ -6,16 +6,24 @@ import argparse
 import signal
 import sys
 import time
+from multiprocessing.connection import Connection
+from typing import TYPE_CHECKING
 
 from ._cli_common import (
     EXIT_FAILURE,
-    EXIT_INTERRUPTED,
     EXIT_OK,
     Commands,
     storage_flag,
     tracking_flags,
     tracking_from,
 )
+
+if TYPE_CHECKING:
+    from ._mirror import Mirror, TrialMirror
+    from ._run import RunOutcome
+    from ._storage import StorageSettings
+    from ._studyfile import StudySpec
+    from ._tracking import TrackingSettings
 
 
 def _add_run_parser(commands: Commands) -> None:
@@ -59,21 +67,13 @@ def _overrides(args: argparse.Namespace) -> list[str]:
     return flags  # the tracking URI goes through the environment, like the storage URL
 
 
-def _interrupt_once(signum: int, frame: object) -> None:
-    """First Ctrl-C: stop (the running trial is marked failed); later ones are ignored, so
-    that nothing interrupts the write that marks it."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    raise KeyboardInterrupt
-
-
 def _cmd_run(args: argparse.Namespace) -> int:
     from ._errors import ConfigError
-    from ._report import best_lines
-    from ._run import finish_tracking, run_in_process, run_worker_processes
+    from ._signals import stop_on_signals
     from ._storage import resolve_storage
-    from ._studies import load_existing_study, prepare_study
     from ._studyfile import load_study_file
 
+    stop_on_signals()
     if args.workers < 1:
         raise ConfigError(f"must be at least 1, but got {args.workers}", key="--workers")
     spec = load_study_file(args.study_file).with_overrides(
@@ -86,20 +86,105 @@ def _cmd_run(args: argparse.Namespace) -> int:
     )
     settings = resolve_storage(args.storage)
     tracking = tracking_from(args)
-    signal.signal(signal.SIGINT, _interrupt_once)
-    new = prepare_study(settings, spec)
-    name, n_trials = spec.study.name, spec.study.n_trials
-    if args.worker:  # one of `hpo run --workers N`'s processes: it mirrors its own trials
-        outcome = run_in_process(spec, settings, tracking=tracking)
-        finish_tracking(
-            spec, settings, tracking, interrupted=outcome.interrupted, settled=outcome.trials
-        )
-        return _exit_status(outcome, args)
+    if args.worker:  # one of `hpo run --workers N`'s processes
+        return _run_as_worker(spec, settings)
+    mirror = None
+    if tracking.enabled:
+        from ._mirror import Mirror
 
+        # Started first: it imports MLflow and opens the store while the study is prepared.
+        mirror = Mirror(tracking, settings, spec, channels=args.workers)
+    try:
+        return _run_study(args, spec, settings, tracking, mirror)
+    finally:
+        if mirror is not None:
+            mirror.abandon()  # a no-op once closed; else ends it without a sync
+
+
+def _run_study(
+    args: argparse.Namespace,
+    spec: StudySpec,
+    settings: StorageSettings,
+    tracking: TrackingSettings,
+    mirror: Mirror | None,
+) -> int:
+    from ._data import check_data
+    from ._report import best_lines
+    from ._run import load_study_data, run_in_process, run_worker_processes
+    from ._studies import load_existing_study, prepare_study
+
+    name, n_trials = spec.study.name, spec.study.n_trials
+    bar = _progress_bar(n_trials, enabled=not args.no_progress)
+    try:
+        # The data first: missing or corrupt data is one line, and leaves no study behind.
+        bar.phase("loading data")
+        splits = None
+        if args.workers == 1:
+            splits = load_study_data(spec)
+        elif spec.trains:  # each worker loads and splits its own
+            check_data(spec.data, seed=spec.study.seed)
+        bar.phase("preparing the study")
+        new = prepare_study(settings, spec)
+        if mirror is not None:
+            mirror.study_ready()
+        _print_header(args, spec, settings, tracking, new=new)
+        started = time.perf_counter()
+        if args.workers == 1:
+            bar.phase("running")
+            channel = mirror.worker_end(0) if mirror is not None else None
+            outcome = run_in_process(
+                spec, settings, mirror=_trial_mirror(channel), splits=splits, progress=bar
+            )
+        else:
+            bar.phase(f"starting {args.workers} workers")
+            child = ["run", str(args.study_file), *_overrides(args), "--worker"]
+            outcome = run_worker_processes(
+                spec, settings, child, args.workers, mirror=mirror, progress=bar
+            )
+    finally:
+        bar.close()
+    elapsed = time.perf_counter() - started
+    mirrored = mirror.close(interrupted=outcome.interrupted) if mirror is not None else None
+    study = load_existing_study(settings, name)
+    lines = best_lines(study, spec.study.metric, n=5)
+    if lines:
+        print("\n".join(lines))
+    print(f"{name}: {outcome.finished}/{n_trials} trials finished ({elapsed:.0f} s this run)")
+    if mirrored:
+        print(mirrored)
+    for line in outcome.worker_lines:
+        print(f"hpo run: {line}", file=sys.stderr)
+    if outcome.interrupted:
+        return _interrupted(outcome, n_trials)
+    if outcome.finished < n_trials and not (outcome.gave_up or outcome.worker_failures):
+        if outcome.worker_stops and not outcome.timed_out:
+            print(
+                f"hpo run: every worker was stopped ({outcome.finished}/{n_trials} finished); "
+                "run the same command again to resume",
+                file=sys.stderr,
+            )
+            return 128 + getattr(signal, outcome.worker_stops[-1])
+        print(
+            f"stopped before the budget ({'timeout' if spec.study.timeout else 'see above'});"
+            " run the same command again to continue",
+            file=sys.stderr,
+        )
+    return _exit_status(outcome)
+
+
+def _print_header(
+    args: argparse.Namespace,
+    spec: StudySpec,
+    settings: StorageSettings,
+    tracking: TrackingSettings,
+    *,
+    new: bool,
+) -> None:
     print(
-        f"{'created' if new else 'resuming'} study {name!r} in {settings.redacted()}: "
-        f"{n_trials} trials, {spec.sampler.name} sampler, {spec.pruner.name} pruner, "
-        f"{args.workers} worker{'s' if args.workers > 1 else ''}; MLflow: {tracking.describe()}"
+        f"{'created' if new else 'resuming'} study {spec.study.name!r} in "
+        f"{settings.redacted()}: {spec.study.n_trials} trials, {spec.sampler.name} sampler, "
+        f"{spec.pruner.name} pruner, {args.workers} worker{'s' if args.workers > 1 else ''}; "
+        f"MLflow: {tracking.describe()}"
     )
     if spec.trains:
         print(f"network: {spec.base.describe()}")
@@ -110,48 +195,54 @@ def _cmd_run(args: argparse.Namespace) -> int:
             print(f"  hidden layers {list(spec.base.hidden_size_list)}, untrained")
     for param in spec.space.params:
         print(f"  search {param.describe()}")
-    bar = _progress_bar(n_trials, enabled=not args.no_progress)
-    started = time.perf_counter()
-    try:
-        if args.workers == 1:
-            outcome = run_in_process(spec, settings, tracking=tracking, progress=bar)
-        else:
-            child = ["run", str(args.study_file), *_overrides(args), "--worker"]
-            outcome = run_worker_processes(
-                spec, settings, child, args.workers, tracking=tracking, progress=bar
+    sys.stdout.flush()
+
+
+def _trial_mirror(channel: Connection | None) -> TrialMirror | None:
+    if channel is None:
+        return None
+    from ._mirror import TrialMirror
+
+    return TrialMirror(channel)
+
+
+def _run_as_worker(spec: StudySpec, settings: StorageSettings) -> int:
+    """A worker process of `hpo run --workers N`: the study is prepared, the mirror runs in
+    `hpo run`'s process tree; this one trains until the budget is spent, and ends with it."""
+    import os
+
+    from ._mirror import MIRROR_FD_ENV, TrialMirror
+    from ._run import run_in_process
+    from ._signals import watch_parent
+
+    watch_parent()
+    fd = os.environ.get(MIRROR_FD_ENV)
+    mirror = TrialMirror.from_fd(int(fd)) if fd else None
+    outcome = run_in_process(spec, settings, mirror=mirror)
+    if outcome.interrupted:
+        from ._signals import _parent_gone
+
+        if _parent_gone.is_set():
+            print(
+                f"hpo run (worker {os.getpid()}): the hpo run that started this worker ended; "
+                "its running trial was marked failed",
+                file=sys.stderr,
             )
-    finally:
-        bar.close()
-    elapsed = time.perf_counter() - started
-    mirrored = finish_tracking(
-        spec, settings, tracking, interrupted=outcome.interrupted, settled=outcome.trials
+        return 128 + getattr(signal, outcome.stop_signal)
+    return _exit_status(outcome)
+
+
+def _interrupted(outcome: RunOutcome, n_trials: int) -> int:
+    what = "interrupted" if outcome.stop_signal == "SIGINT" else "terminated (SIGTERM)"
+    print(
+        f"{what}: the running trials were marked failed (they do not count); run the same "
+        f"command again to resume ({outcome.finished}/{n_trials} finished)",
+        file=sys.stderr,
     )
-    study = load_existing_study(settings, name)
-    lines = best_lines(study, spec.study.metric, n=5)
-    if lines:
-        print("\n".join(lines))
-    print(f"{name}: {outcome.finished}/{n_trials} trials finished ({elapsed:.0f} s this run)")
-    if mirrored:
-        print(mirrored)
-    if outcome.interrupted:
-        print(
-            f"interrupted: run the same command again to resume ({outcome.finished}/"
-            f"{n_trials} finished)",
-            file=sys.stderr,
-        )
-        return EXIT_INTERRUPTED
-    if outcome.finished < n_trials:
-        print(
-            f"stopped before the budget ({'timeout' if spec.study.timeout else 'see above'});"
-            " run the same command again to continue",
-            file=sys.stderr,
-        )
-    return _exit_status(outcome, args)
+    return 128 + getattr(signal, outcome.stop_signal)
 
 
-def _exit_status(outcome, args: argparse.Namespace) -> int:
-    if outcome.interrupted:
-        return EXIT_INTERRUPTED
+def _exit_status(outcome: RunOutcome) -> int:
     if outcome.gave_up:
         print(
             f"hpo run: stopped after {len(outcome.errors)} failed trials in a row; the last: "
@@ -160,10 +251,6 @@ def _exit_status(outcome, args: argparse.Namespace) -> int:
         )
         return EXIT_FAILURE
     if outcome.worker_failures:
-        print(
-            f"hpo run: {outcome.worker_failures} worker process(es) failed; see above",
-            file=sys.stderr,
-        )
         return EXIT_FAILURE
     return EXIT_OK
 
@@ -181,7 +268,13 @@ class _Progress:
             disable=not (enabled and sys.stderr.isatty()),
         )
 
+    def phase(self, what: str) -> None:
+        """What start-up is doing, until the first count."""
+        self._bar.set_description_str(what, refresh=True)
+
     def __call__(self, finished: int, best: float | None) -> None:
+        if self._bar.desc:
+            self._bar.set_description_str("", refresh=False)
         self._bar.n = finished
         if best is not None:
             self._bar.set_postfix_str(f"best {best:.4g}", refresh=False)

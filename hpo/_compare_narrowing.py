@@ -18,8 +18,15 @@ import argparse
 import dataclasses
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from . import _blas
+
+if TYPE_CHECKING:
+    from ._run import RunOutcome
+    from ._storage import StorageSettings
+    from ._studyfile import StudySpec
+    from ._tracking import TrackingSettings
 
 NARROWING = "narrowing"
 
@@ -34,13 +41,34 @@ def stage_names(prefix: str, pruner: str, seed: int, stages: int) -> list[str]:
     return [f"{prefix}--{NARROWING}-{pruner}--seed{seed}--stage{j}" for j in range(1, stages + 1)]
 
 
+def _run_stage(
+    spec: StudySpec, settings: StorageSettings, tracking: TrackingSettings
+) -> RunOutcome:
+    """One stage, as `hpo run` runs a study in one process: mirrored to MLflow if on."""
+    from ._mirror import Mirror, TrialMirror
+    from ._run import run_in_process
+    from ._studies import prepare_study
+
+    mirror = Mirror(tracking, settings, spec) if tracking.enabled else None
+    try:
+        prepare_study(settings, spec)
+        if mirror is None:
+            return run_in_process(spec, settings)
+        mirror.study_ready()
+        outcome = run_in_process(spec, settings, mirror=TrialMirror(mirror.worker_end(0)))
+        mirror.close(interrupted=outcome.interrupted)
+        return outcome
+    finally:
+        if mirror is not None:
+            mirror.abandon()
+
+
 def run_arm(args: argparse.Namespace) -> int:
     from optuna.trial import TrialState
 
     from ._narrowing import narrow_study, write_next_stage
-    from ._run import finish_tracking, run_in_process
     from ._storage import resolve_storage
-    from ._studies import load_existing_study, prepare_study
+    from ._studies import load_existing_study
     from ._studyfile import load_study_file
     from ._tracking import resolve_tracking
 
@@ -67,9 +95,7 @@ def run_arm(args: argparse.Namespace) -> int:
             spec = spec.with_overrides(
                 study_name=name, sampler="random", pruner=args.pruner, n_trials=budget
             )
-        prepare_study(settings, spec)
-        outcome = run_in_process(spec, settings, tracking=tracking)
-        finish_tracking(spec, settings, tracking, interrupted=outcome.interrupted)
+        outcome = _run_stage(spec, settings, tracking)
         if outcome.interrupted:
             return 130
         if outcome.finished < budget:

@@ -2,12 +2,23 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
-from trainer.data import DataSplits, load_dataset, split_dataset
+from trainer.data import (
+    Dataset,
+    DatasetError,
+    DataSplits,
+    check_split,
+    load_dataset,
+    split_dataset,
+)
 
 from ._config import DataConfig
+from ._errors import ConfigError
 
 DATA_DIR_ENV = "HPO_DATA_DIR"
 
@@ -24,10 +35,25 @@ def default_data_dir(
 
 def load_splits(config: DataConfig, *, seed: int, download: bool = False) -> DataSplits:
     """Load the configured dataset and split it, seeded; the test split stays held out."""
+    dataset = _load(config, download=download)
+    with _as_config_error():
+        return split_dataset(dataset, seed=seed, **_split_args(config))
+
+
+def check_data(config: DataConfig, *, seed: int) -> None:
+    """Load the dataset and check that it splits as configured, without splitting it: the
+    check `hpo run --workers N` makes before it creates anything, when each worker then loads
+    and splits the data itself. Raises `DatasetError` or `ConfigError`."""
+    dataset = _load(config, download=False)
+    with _as_config_error():
+        check_split(dataset, seed=seed, **_split_args(config))
+
+
+def _load(config: DataConfig, *, download: bool) -> Dataset:
     data_dir = config.data_dir or (
         default_data_dir(config.dataset) if config.dataset not in ("digits", "npz") else None
     )
-    dataset = load_dataset(
+    return load_dataset(
         config.dataset,
         data_dir=data_dir,
         path=config.path,
@@ -35,11 +61,23 @@ def load_splits(config: DataConfig, *, seed: int, download: bool = False) -> Dat
         y_key=config.y_key,
         download=download,
     )
-    return split_dataset(
-        dataset,
-        val_fraction=config.val_fraction,
-        n_samples=config.n_samples,
-        subset=config.subset,
-        test_fraction=config.test_fraction,
-        seed=seed,
-    )
+
+
+def _split_args(config: DataConfig) -> dict[str, Any]:
+    return {
+        "val_fraction": config.val_fraction,
+        "n_samples": config.n_samples,
+        "subset": config.subset,
+        "test_fraction": config.test_fraction,
+    }
+
+
+@contextlib.contextmanager
+def _as_config_error() -> Iterator[None]:
+    """The split's argument errors are the study file's [data] settings, wrongly set."""
+    try:
+        yield
+    except DatasetError:
+        raise
+    except ValueError as error:
+        raise ConfigError(str(error).rstrip("."), key="data") from None

@@ -1,17 +1,21 @@
 """`hpo sync-mlflow`: make MLflow mirror every finished trial of a study, idempotently.
 
-Each trial's run is found by its tags (study name and trial number), so running the sync
-twice creates nothing twice. A run is complete when its worker (or an earlier sync) set the
+Each trial's run is found by its tags (study uid and trial number), so running the sync twice
+creates nothing twice; and a sync runs under the study storage's lock `mlflow-sync:<study>`, so
+two syncs at once (two `hpo run`s ending together, on one machine or two) cannot both create
+the run a trial lacks. A run is complete when its mirror (or an earlier sync) set the
 `hpo.complete` tag after sending everything; an incomplete one gets only what it lacks (the
-missing metric steps, the final metrics and tags, its status). Runs of trials that ended
-less than `settle_s` ago are left alone: their worker may still be sending them.
+missing metric steps, the final metrics and tags, its status). A trial with several runs (left
+by older versions) keeps its complete one, else its first, and the others are deleted. Runs of
+other processes' trials that ended less than `settle_s` ago are left alone: their mirror may
+still be sending them.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
-import time
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
@@ -19,6 +23,8 @@ from typing import TYPE_CHECKING, Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from ._locks import StorageLock
+from ._storage import StorageSettings
 from ._tracking import (
     COMPLETE_TAG,
     MAX_BATCH,
@@ -48,6 +54,7 @@ class SyncReport:
     completed: list[int] = field(default_factory=list)
     unchanged: int = 0
     recent: list[int] = field(default_factory=list)  # left to their worker (ended just now)
+    duplicates_deleted: int = 0
 
     def describe(self) -> str:
         parts = [
@@ -55,14 +62,16 @@ class SyncReport:
             f"{len(self.completed)} completed",
             f"{self.unchanged} already complete",
         ]
+        if self.duplicates_deleted:
+            parts.append(f"{self.duplicates_deleted} duplicate runs deleted")
         if self.recent:
             parts.append(f"{len(self.recent)} left to their worker (ended moments ago)")
         return ", ".join(parts)
 
 
-def child_runs(client: MlflowClient, parent: StudyRun) -> dict[int, Any]:
-    """The study's trial runs by trial number (the earliest if a number has several)."""
-    runs: dict[int, Any] = {}
+def all_child_runs(client: MlflowClient, parent: StudyRun) -> dict[int, list[Any]]:
+    """The study's trial runs by trial number, earliest first (a number may have several)."""
+    runs: dict[int, list[Any]] = {}
     token = None
     query = f"tags.`{UID_TAG}` = '{parent.uid}' and tags.`{ROLE_TAG}` = 'trial'"
     while True:
@@ -74,10 +83,19 @@ def child_runs(client: MlflowClient, parent: StudyRun) -> dict[int, Any]:
             page_token=token,
         )
         for run in page:
-            runs.setdefault(int(run.data.tags[NUMBER_TAG]), run)
+            runs.setdefault(int(run.data.tags[NUMBER_TAG]), []).append(run)
         token = page.token
         if not token:
             return runs
+
+
+def child_runs(client: MlflowClient, parent: StudyRun) -> dict[int, Any]:
+    """The study's trial runs by trial number (the earliest if a number has several)."""
+    return {number: runs[0] for number, runs in all_child_runs(client, parent).items()}
+
+
+def _is_complete(run: Any) -> bool:
+    return run is not None and run.data.tags.get(COMPLETE_TAG) == "true"
 
 
 def sync_study(
@@ -86,47 +104,54 @@ def sync_study(
     study: optuna.Study,
     metric: str,
     *,
+    storage: StorageSettings | None = None,
     settle_s: float = 30.0,
     settled: Collection[int] = (),
-    wait: bool = False,
+    progress: Callable[[], None] | None = None,
 ) -> SyncReport:
-    """Mirror what MLflow lacks.
+    """Mirror what MLflow lacks, under the storage's sync lock when `storage` is given.
 
-    A trial that ended less than `settle_s` ago may still be on its way from its worker (a
-    run created here too would be a duplicate), unless its number is in `settled`: trials of
-    workers known to have finished sending. Such trials are left to their worker, or, with
-    `wait`, mirrored once `settle_s` has passed, if by then their worker has not done it (it
-    may have died, or met MLflow down at its own end).
+    A trial that ended less than `settle_s` ago may still be on its way from its mirror (a run
+    created here too would be a duplicate), unless its number is in `settled`: trials of
+    workers known to have ended. Such trials are left to their mirror. `progress` is called
+    after each trial mirrored here.
     """
-    report = SyncReport()
-    runs = child_runs(client, parent)
-    now = datetime.now()
-    pending: list[FrozenTrial] = []
-    for trial in study.get_trials(deepcopy=False, states=FINISHED):
-        run = runs.get(trial.number)
-        if run is not None and run.data.tags.get(COMPLETE_TAG) == "true":
-            report.unchanged += 1
-            continue
-        ended = trial.datetime_complete
-        recent = ended is not None and (now - ended).total_seconds() < settle_s
-        if recent and trial.number not in settled:
-            pending.append(trial)
-            continue
-        _mirror(client, parent, study.study_name, trial, run, metric, report)
-    if pending and wait:
-        last = max(t.datetime_complete for t in pending if t.datetime_complete is not None)
-        time.sleep(max(0.0, settle_s - (datetime.now() - last).total_seconds()))
-        runs = child_runs(client, parent)
-        for trial in pending:
-            run = runs.get(trial.number)
-            if run is not None and run.data.tags.get(COMPLETE_TAG) == "true":
+    lock = (
+        StorageLock(storage, f"mlflow-sync:{study.study_name}")
+        if storage is not None
+        else contextlib.nullcontext()
+    )
+    with lock:
+        report = SyncReport()
+        runs = all_child_runs(client, parent)
+        now = datetime.now()
+        for trial in study.get_trials(deepcopy=False, states=FINISHED):
+            ended = trial.datetime_complete
+            recent = ended is not None and (now - ended).total_seconds() < settle_s
+            if recent and trial.number not in settled:
+                report.recent.append(trial.number)
+                continue
+            run = _one_run(client, runs.get(trial.number, []), report)
+            if _is_complete(run):
                 report.unchanged += 1
-            else:
-                _mirror(client, parent, study.study_name, trial, run, metric, report)
-    elif pending:
-        report.recent.extend(t.number for t in pending)
-    _log_best(client, parent, study, metric)
+                continue
+            _mirror(client, parent, study.study_name, trial, run, metric, report)
+            if progress is not None:
+                progress()
+        _log_best(client, parent, study, metric)
     return report
+
+
+def _one_run(client: MlflowClient, runs: list[Any], report: SyncReport) -> Any:
+    """The run a trial keeps (its complete one, else its first); the others are deleted."""
+    if not runs:
+        return None
+    keep = next((run for run in runs if _is_complete(run)), runs[0])
+    for run in runs:
+        if run is not keep:
+            client.delete_run(run.info.run_id)
+            report.duplicates_deleted += 1
+    return keep
 
 
 def _mirror(

@@ -9,8 +9,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections import Counter
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import optuna
@@ -19,27 +18,32 @@ from trainer.data import DataSplits
 
 from ._batched import FlushAtStart
 from ._data import load_splits
+from ._mirror import MIRROR_FD_ENV, Mirror, TrialMirror
 from ._objective import Objective, TrialObserver
 from ._pruning import PruningMirror
 from ._retry import call_with_retry, is_transient
 from ._runner import Worker, WorkerResult
+from ._signals import Lifeline, signal_name
 from ._storage import StorageSettings, count_trials
 from ._studies import JoinedStudy, join_study
 from ._studyfile import StudySpec
-from ._tracking import Tracker, TrackingSettings, ensure_parent_run, make_client
 
 logger = logging.getLogger(__name__)
 
 ProgressCallback = Callable[[int, float | None], None]  # (finished trials, best value)
+WORKER_STOP_WAIT_S = 60.0  # after a stop signal, how long workers get to mark their trials
 
 
 @dataclass
 class RunOutcome:
     finished: int
     interrupted: bool = False
+    stop_signal: str = "SIGINT"  # what interrupted this run, when `interrupted`
     timed_out: bool = False
     errors: tuple[str, ...] = ()
-    worker_failures: int = 0
+    worker_failures: int = 0  # worker processes that failed (an error, or killed)
+    worker_stops: tuple[str, ...] = ()  # worker processes stopped by a signal of their own
+    worker_lines: tuple[str, ...] = ()  # what happened to each worker that did not end well
     gave_up: bool = False  # too many trials failed in a row
     trials: tuple[int, ...] = ()  # numbers of the trials this process ran to their end
 
@@ -81,49 +85,35 @@ def build_objective(
     return Objective(spec, splits, mirror=pruning_mirror(joined, spec), observers=observers)
 
 
-def start_tracker(
-    joined: JoinedStudy, spec: StudySpec, settings: StorageSettings, tracking: TrackingSettings
-) -> Tracker | None:
-    """This worker's MLflow mirror, or None (tracking off, or MLflow unreachable: one warning,
-    and the study goes on; the end of `hpo run` or `hpo sync-mlflow` fills the gap)."""
-    if not tracking.enabled:
-        return None
-    try:
-        client = make_client(tracking)
-        parent = ensure_parent_run(client, tracking, settings, spec, joined.study)
-        client.update_run(parent.run_id, status="RUNNING")
-    except Exception as error:
-        logger.warning(
-            "MLflow at %s is unavailable (%s); trials go on and are kept in the Optuna storage;"
-            " `hpo sync-mlflow %s` mirrors them later",
-            tracking.describe(),
-            str(error).splitlines()[0][:200],
-            spec.study.name,
-        )
-        return None
-    return Tracker(tracking, parent, joined.study, spec)
+def load_study_data(spec: StudySpec) -> DataSplits | None:
+    """The study's data, split as every worker splits it; None for a study that trains nothing.
+
+    `hpo run` calls it before it creates anything, so that missing or corrupt data is one
+    line and leaves no empty study behind."""
+    return load_splits(spec.data, seed=spec.study.seed) if spec.trains else None
 
 
 def run_in_process(
     spec: StudySpec,
     settings: StorageSettings,
     *,
-    tracking: TrackingSettings,
+    mirror: TrialMirror | None = None,
+    splits: DataSplits | None = None,
     progress: ProgressCallback | None = None,
 ) -> RunOutcome:
-    """One worker in this process: load the data once, then run trials until done."""
+    """One worker in this process: load the data (unless given), then run trials until done.
+
+    `mirror` sends the trials to MLflow (see `hpo._mirror`); its owner closes it."""
     joined = join_study(settings, spec)
-    mlflow = start_tracker(joined, spec, settings, tracking)  # its process starts meanwhile
-    splits = load_splits(spec.data, seed=spec.study.seed) if spec.trains else None
-    if mlflow is not None and not mlflow.wait_ready():
-        logger.warning("the MLflow tracking process did not start; see hpo sync-mlflow")
-    objective = build_objective(joined, spec, splits, observers=(mlflow,) if mlflow else ())
+    if splits is None:
+        splits = load_study_data(spec)
+    objective = build_objective(joined, spec, splits, observers=(mirror,) if mirror else ())
     tracker = _ProgressTracker(joined, progress)
     ran: list[int] = []
 
     def on_trial_end(trial: optuna.trial.FrozenTrial) -> None:
-        if mlflow is not None:
-            mlflow.trial_finished(trial)
+        if mirror is not None:
+            mirror.trial_finished(trial)
         tracker.trial_ended(trial)
         ran.append(trial.number)
 
@@ -139,13 +129,12 @@ def run_in_process(
     settle_heap()
     try:
         result: WorkerResult = worker.run()
-    except KeyboardInterrupt:
-        return RunOutcome(_finished(worker.counts()), interrupted=True, trials=tuple(ran))
+    except KeyboardInterrupt as stop:
+        finished = _finished(_counts_if_reachable(worker))
+        return RunOutcome(
+            finished, interrupted=True, stop_signal=signal_name(stop), trials=tuple(ran)
+        )
     finally:
-        if mlflow is not None:
-            left = mlflow.close()
-            if left:
-                logger.info("trials not mirrored to MLflow yet: %s", sorted(left))
         joined.storage.engine.dispose()
     return RunOutcome(
         _finished(call_with_retry(count_trials, joined.storage, joined.study_id)),
@@ -156,38 +145,60 @@ def run_in_process(
     )
 
 
+def _counts_if_reachable(worker: Worker) -> dict[str, int]:
+    try:
+        return worker.counts()
+    except Exception as error:  # the storage is down: the count is not worth waiting for
+        logger.debug("could not count the trials: %s", error)
+        return {}
+
+
 def run_worker_processes(
     spec: StudySpec,
     settings: StorageSettings,
     child_argv: Sequence[str],
     workers: int,
     *,
-    tracking: TrackingSettings,
+    mirror: Mirror | None = None,
     progress: ProgressCallback | None = None,
     poll_interval: float = 0.5,
 ) -> RunOutcome:
     """Start `workers` processes running `hpo <child_argv>`, each with one BLAS thread.
 
     The study is already prepared, so the workers only join it. Progress comes from the
-    storage, which is the truth for every worker on every machine.
+    storage, which is the truth for every worker on every machine. The workers end with this
+    process however it ends (see `hpo._signals`); a stop signal here is passed on to them.
     """
     env = dict(os.environ)
     for name in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
         env[name] = "1"
     # Through the environment, not argv: a password in argv would show in `ps`.
     env["HPO_STORAGE"] = settings.url
-    if tracking.uri:
-        env["MLFLOW_TRACKING_URI"] = tracking.uri
     command = [sys.executable, "-m", "hpo.cli", *child_argv]
-    children = [subprocess.Popen(command, env=env) for _ in range(workers)]
+    lifeline = Lifeline()
+    children: list[subprocess.Popen[bytes]] = []
+    for index in range(workers):
+        child_env, fds = env | lifeline.child_env(), [lifeline.child_fd]
+        if mirror is not None:
+            child_env[MIRROR_FD_ENV] = str(mirror.worker_fd(index))
+            fds.append(mirror.worker_fd(index))
+        children.append(subprocess.Popen(command, env=child_env, pass_fds=fds))
+    lifeline.release_child_end()
+    if mirror is not None:
+        mirror.release_worker_ends()
     from ._storage import open_storage
 
     storage = open_storage(settings, heartbeat=False)
     study_id = storage.get_study_id_from_name(spec.study.name)
     study = optuna.load_study(study_name=spec.study.name, storage=storage)
-    interrupted = False
+    stop: KeyboardInterrupt | None = None
+    finished_when_ended: dict[int, int] = {}  # per worker: the study's finished trials then
     try:
         while any(child.poll() is None for child in children):
+            for index, child in enumerate(children):
+                if child.returncode is not None and index not in finished_when_ended:
+                    counts = _counts_or_none(storage, study_id)
+                    finished_when_ended[index] = _finished(counts) if counts else -1
             if progress is not None:
                 try:
                     progress(_finished(count_trials(storage, study_id)), _best(study))
@@ -195,24 +206,88 @@ def run_worker_processes(
                     if not is_transient(error):
                         raise
             time.sleep(poll_interval)
-    except KeyboardInterrupt:
-        interrupted = True
-        for child in children:
-            if child.poll() is None:
-                child.send_signal(signal.SIGINT)
-        for child in children:
-            try:
-                child.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                child.kill()
-    finished = _finished(call_with_retry(count_trials, storage, study_id))
-    if progress is not None:
-        progress(finished, _best(study))
-    storage.engine.dispose()
-    codes = [child.returncode for child in children]
-    interrupted = interrupted or any(code == 130 for code in codes)
-    failures = sum(1 for code in codes if code not in (0, 130))
-    return RunOutcome(finished, interrupted=interrupted, worker_failures=failures)
+    except KeyboardInterrupt as interrupt:
+        stop = interrupt
+        _stop_workers(children, signal.Signals[signal_name(interrupt)])
+    finally:
+        lifeline.close()
+    try:
+        finished = _finished(call_with_retry(count_trials, storage, study_id))
+        if progress is not None:
+            progress(finished, _best(study))
+    finally:
+        storage.engine.dispose()
+    for index in range(len(children)):  # those that ended after the last look
+        finished_when_ended.setdefault(index, finished)
+    outcome = RunOutcome(finished, interrupted=stop is not None)
+    if stop is not None:
+        outcome.stop_signal = signal_name(stop)
+        return outcome
+    return _with_worker_report(outcome, children, finished_when_ended, spec, settings)
+
+
+def _stop_workers(children: Sequence[subprocess.Popen[bytes]], stop: signal.Signals) -> None:
+    """Pass the stop on (Ctrl-C at a terminal has reached them already: they ignore a second
+    one), give them time to mark their trials failed, then kill what is left."""
+    for child in children:
+        if child.poll() is None:
+            child.send_signal(stop)
+    deadline = time.monotonic() + WORKER_STOP_WAIT_S
+    for child in children:
+        try:
+            child.wait(timeout=max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            child.kill()
+            child.wait()
+
+
+def _counts_or_none(storage: optuna.storages.RDBStorage, study_id: int) -> dict[str, int]:
+    try:
+        return count_trials(storage, study_id)
+    except Exception as error:  # an outage: the workers ride it out; this count can wait
+        if not is_transient(error):
+            raise
+        return {}
+
+
+def _with_worker_report(
+    outcome: RunOutcome,
+    children: Sequence[subprocess.Popen[bytes]],
+    finished_when_ended: dict[int, int],
+    spec: StudySpec,
+    settings: StorageSettings,
+) -> RunOutcome:
+    """What happened to each worker that did not end well, in words."""
+    lines, stops, failures = [], [], 0
+    for index, child in enumerate(children):
+        code = child.returncode
+        who = f"worker {index + 1} of {len(children)} (pid {child.pid})"
+        if code == 0:
+            continue
+        if code in (128 + signal.SIGINT, 128 + signal.SIGTERM):
+            name = signal.Signals(code - 128).name
+            stops.append(name)
+            done = finished_when_ended.get(index, -1) >= spec.study.n_trials
+            after = (
+                "the study had reached its budget already: nothing was lost"
+                if done
+                else "its running trial was marked failed and the other workers went on"
+            )
+            lines.append(f"{who} was stopped by {name}; {after}")
+        elif code < 0:
+            failures += 1
+            lines.append(
+                f"{who} was killed by {signal.Signals(-code).name}; a trial it was running is "
+                f"failed and retried by the next worker to look, within the grace period "
+                f"({settings.grace_period} s)"
+            )
+        else:
+            failures += 1
+            lines.append(f"{who} failed with exit status {code}; its messages are above")
+    outcome.worker_failures = failures
+    outcome.worker_stops = tuple(stops)
+    outcome.worker_lines = tuple(lines)
+    return outcome
 
 
 class _ProgressTracker:
@@ -258,54 +333,3 @@ def _best(study: optuna.Study) -> float | None:
         return study.best_value
     except ValueError:
         return None
-
-
-def finish_tracking(
-    spec: StudySpec,
-    settings: StorageSettings,
-    tracking: TrackingSettings,
-    *,
-    interrupted: bool,
-    settled: Collection[int] = (),
-) -> str | None:
-    """After a run: mirror what MLflow lacks, and close the parent run if the study is done.
-
-    `settled`: the trials this process ran, whose tracker has closed. Other workers' trials
-    that ended in the last 15 s are given that long to arrive from their worker, and mirrored
-    here if they have not.
-
-    Returns a line for the user, or None with tracking off. Never raises: MLflow being down
-    here only means the mirror waits for `hpo sync-mlflow`.
-    """
-    if not tracking.enabled:
-        return None
-    from ._mlflow_sync import sync_study
-    from ._studies import load_existing_study
-
-    try:
-        client = make_client(tracking)
-        study = load_existing_study(settings, spec.study.name)
-        parent = ensure_parent_run(client, tracking, settings, spec, study)
-        report = sync_study(
-            client, parent, study, spec.study.metric, settle_s=15.0, settled=settled, wait=True
-        )
-        counts = Counter(t.state.name for t in study.get_trials(deepcopy=False))
-        done = counts["COMPLETE"] + counts["PRUNED"] >= spec.study.n_trials
-        if interrupted:
-            client.set_terminated(parent.run_id, "KILLED")
-        elif done and not counts["RUNNING"]:
-            client.set_terminated(parent.run_id, "FINISHED")
-    except Exception as error:
-        logger.warning(
-            "could not mirror the study to MLflow at %s (%s); run `hpo sync-mlflow %s` later",
-            tracking.describe(),
-            str(error).splitlines()[0][:200],
-            spec.study.name,
-        )
-        return None
-    experiment = client.get_experiment(parent.experiment_id).name
-    view = "; view it with `mlflow ui` in this directory" if tracking.uri is None else ""
-    return (
-        f"MLflow ({tracking.describe()}, experiment {experiment!r}, parent run "
-        f"{parent.run_id}): {report.describe()}{view}"
-    )

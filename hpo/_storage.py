@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -66,10 +67,17 @@ class StorageSettings:
 
 
 def redact(url: str) -> str:
+    """`url` with any password replaced by ***: database URLs, HTTP URLs, and text that is
+    neither (a mistyped URL is quoted in its error message, and must not show a password)."""
     try:
         return make_url(url).render_as_string(hide_password=True)
-    except ArgumentError:
-        return "<invalid storage URL>"
+    except (ArgumentError, ValueError):
+        pass
+    return _CREDENTIALS.sub(r"\1***@", url)
+
+
+# "scheme://user:password@" or "scheme:/user:password@" (a slash missing): keep the user.
+_CREDENTIALS = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*:/*[^/:@\s]*:)[^@\s]*@")
 
 
 def resolve_storage(flag: str | None, environ: Mapping[str, str] | None = None) -> StorageSettings:
@@ -81,9 +89,15 @@ def resolve_storage(flag: str | None, environ: Mapping[str, str] | None = None) 
     url = flag or environ.get(STORAGE_ENV) or DEFAULT_STORAGE
     try:
         parsed: URL = make_url(url)
+    except ValueError:  # sqlalchemy's int() of the port
+        raise ConfigError(
+            f"{redact(url)!r}: the port is not a number; use e.g. "
+            "postgresql+psycopg://user@host:5432/dbname",
+            key="storage",
+        ) from None
     except ArgumentError:
         raise ConfigError(
-            f"{url!r} is not a database URL; use e.g. sqlite:///hpo.db or "
+            f"{redact(url)!r} is not a database URL; use e.g. sqlite:///hpo.db or "
             "postgresql+psycopg://user@host/dbname",
             key="storage",
         ) from None

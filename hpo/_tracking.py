@@ -1,15 +1,10 @@
-"""MLflow mirrors the study: one parent run per study, one child run per trial.
+"""MLflow's side of a study: settings, the names runs are tagged with, the parent run.
 
-The only module that talks to MLflow while a study runs (`MlflowClient` with explicit run
-ids, never the fluent active run, so workers and threads cannot step on each other). Optuna's
-storage is the truth; MLflow is a mirror that may lag or miss trials while it is down, and
-`sync_study` (`hpo sync-mlflow`) fills in what is missing.
-
-A trial's MLflow calls run on a background thread: a local MLflow server takes about 100 ms
-per trial (create, params, 200 metric values, terminate), a third of a book-6.5 trial. Metric
-values are buffered and sent with one `log_batch` every few seconds and when the trial ends.
-When MLflow fails, the thread warns once, stops trying for a cooldown, and remembers which
-trials it did not mirror; training never waits for it.
+MLflow mirrors the study: one parent run per study, one child run per trial. Optuna's storage is
+the truth; MLflow is a mirror that may lag or miss trials while it is down, and `sync_study`
+(`hpo sync-mlflow`, and the end of every `hpo run`) fills in what is missing. While a study
+runs, every MLflow call happens in one process beside the run's workers (`hpo._mirror`), never
+in a worker. Clients use explicit run ids, never the fluent active run.
 """
 
 from __future__ import annotations
@@ -17,8 +12,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import queue
-import socket
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -29,12 +22,10 @@ from optuna.trial import FrozenTrial, TrialState
 
 from ._errors import ConfigError
 from ._locks import StorageLock
-from ._storage import StorageSettings
+from ._storage import StorageSettings, redact
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
-
-    from trainer import EpochMetrics
 
     from ._studyfile import StudySpec
 
@@ -58,15 +49,23 @@ STATUS = {
 }
 MAX_BATCH = 1000  # MLflow's limit of metric values per log_batch
 
-# Bounded client behaviour: by default MLflow retried an unreachable server for about four
-# minutes and then raised into `optimize()`. Users' own settings win.
+DEFAULT_URI = "sqlite:///mlflow.db"  # MLflow 3's default store, in the working directory
+
+# Bounded client behaviour: by default MLflow waits 120 s for an answer and retries for minutes.
+# Here a call that gets no answer gives up after 5 s and one retry (about 11 s in all); the
+# mirror then pauses MLflow for a cooldown and `sync_study` fills in later. Users' own
+# settings win.
 HTTP_DEFAULTS = {
-    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1",
     "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
     "MLFLOW_HTTP_REQUEST_BACKOFF_JITTER": "0.2",
-    "MLFLOW_HTTP_REQUEST_TIMEOUT": "10",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "5",
     "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true",
 }
+
+
+class TrackingStoreError(ConfigError):
+    """The tracking store exists but cannot be used as it is (a half-migrated schema)."""
 
 
 @dataclass(frozen=True)
@@ -80,7 +79,7 @@ class TrackingSettings:
     def describe(self) -> str:
         if not self.enabled:
             return "off"
-        return self.uri or "MLflow's default (./mlflow.db)"
+        return redact(self.uri) if self.uri else "MLflow's default (./mlflow.db)"
 
 
 def resolve_tracking(
@@ -100,6 +99,9 @@ def resolve_tracking(
 
 
 def make_client(settings: TrackingSettings) -> MlflowClient:
+    """A client of the tracking store, the store created (or migrated) first if it is a
+    database: under a lock, so that processes starting together do not run MLflow's schema
+    migrations at once (which leaves a store half-migrated)."""
     for name, value in HTTP_DEFAULTS.items():
         os.environ.setdefault(name, value)
     from mlflow import MlflowClient
@@ -107,7 +109,40 @@ def make_client(settings: TrackingSettings) -> MlflowClient:
     logging.getLogger("mlflow").setLevel(logging.WARNING)
     logging.getLogger("alembic").setLevel(logging.WARNING)
     logging.getLogger("urllib3").setLevel(logging.ERROR)  # one line per retry otherwise
-    return MlflowClient(tracking_uri=settings.uri)
+    uri = settings.uri or DEFAULT_URI
+    client = MlflowClient(tracking_uri=uri)
+    if not uri.startswith(("sqlite:", "postgresql")):
+        return client  # a server migrates its own store
+    with StorageLock(StorageSettings(url=uri), "mlflow-store"):
+        try:
+            client.search_experiments(max_results=1)  # opens the store: creates, verifies
+        except Exception as error:
+            raise _store_error(uri, error) from None
+    return client
+
+
+def _store_error(uri: str, error: Exception) -> Exception:
+    """A clear line for a half-migrated store; anything else as it was."""
+    text = str(getattr(error, "orig", None) or error)
+    half_migrated = (
+        "out-of-date database schema" in text or "_alembic_tmp" in text or "already exists" in text
+    )
+    if not half_migrated:
+        return error
+    detail = text.strip().splitlines()[0][:200]
+    path = uri.removeprefix("sqlite:///") if uri.startswith("sqlite:///") else None
+    aside = (
+        f"move it aside (mv {path} {path}.broken), then `hpo sync-mlflow STUDY` rebuilds the "
+        "mirror from the study storage"
+        if path
+        else "restore it from a backup, or point --tracking-uri at a new store and run "
+        "`hpo sync-mlflow STUDY`"
+    )
+    return TrackingStoreError(
+        f"the MLflow store {redact(uri)} is half-migrated, as an interrupted schema migration "
+        f"leaves it ({detail}). The studies are safe in their own storage: {aside}",
+        key="tracking-uri",
+    )
 
 
 def _ms(moment: Any = None) -> int:
@@ -278,158 +313,6 @@ def final_fields(trial: FrozenTrial, metric: str) -> tuple[list[Any], dict[str, 
     if trial.state == TrialState.FAIL:
         tags["hpo.error"] = trial.user_attrs.get("error") or "failed (no message recorded)"
     return metrics, tags
-
-
-class Tracker:
-    """A worker's mirror of its trials in MLflow, fed by the objective and the runner.
-
-    Implements the objective's `TrialObserver` (trial_started, epoch_ended, trial_ending) and
-    the runner's end-of-trial listener (trial_finished). Every MLflow call happens in a
-    process of its own (`hpo._tracking_backend`); this side only sends it small messages,
-    and reads back the run ids that trials record.
-    """
-
-    def __init__(
-        self,
-        settings: TrackingSettings,
-        parent: StudyRun,
-        study: optuna.Study,
-        spec: StudySpec,
-        *,
-        flush_interval: float = 2.0,
-        cooldown: float = 30.0,
-        run_id_wait: float = 1.0,
-    ) -> None:
-        import multiprocessing
-
-        from ._tracking_backend import serve
-
-        self.run_id_wait = run_id_wait
-        self.send_interval = 1.0
-        self._unsent: dict[int, list[tuple[str, float, int, int]]] = {}
-        self._next_send = 0.0
-        self.unmirrored: set[int] = set()
-        self._run_ids: dict[int, str | None] = {}
-        self._replies_seen: list[tuple[Any, ...]] = []
-        try:
-            best: float | None = study.best_value
-        except ValueError:
-            best = None
-        config = {
-            "uri": settings.uri,
-            "parent": (parent.experiment_id, parent.run_id, parent.uid),
-            "study_name": spec.study.name,
-            "metric": spec.study.metric,
-            "maximize": study.direction == optuna.study.StudyDirection.MAXIMIZE,
-            "best": best,
-            "host": socket.gethostname(),
-            "pid": os.getpid(),
-            "flush_interval": flush_interval,
-            "cooldown": cooldown,
-            "log_format": "%(levelname)s %(name)s: %(message)s",
-        }
-        context = multiprocessing.get_context("spawn")
-        self._inbox = context.Queue()
-        self._replies = context.Queue()
-        self._process = context.Process(
-            target=serve,
-            args=(self._inbox, self._replies, config),
-            name="hpo-mlflow",
-            daemon=True,
-        )
-        self._process.start()
-        self._ready = False
-
-    def wait_ready(self, timeout: float = 60.0) -> bool:
-        """Until the tracking process can take work (it imports MLflow: a second or two)."""
-        self._ready = self._ready or self._read_until(lambda m: m[0] == "ready", timeout)
-        return self._ready
-
-    # -- called by the objective and the runner ----------------------------------------------
-
-    def trial_started(self, trial: optuna.trial.BaseTrial, seed: int) -> None:
-        self._inbox.put(("start", trial.number, dict(trial.params), seed, _ms()))
-
-    def epoch_ended(
-        self, trial: optuna.trial.BaseTrial, epoch: int, metrics: EpochMetrics
-    ) -> None:
-        now = _ms()
-        values = self._unsent.setdefault(trial.number, [])
-        values += [(k, v, now, epoch) for k, v in metrics.as_dict().items()]
-        if time.monotonic() >= self._next_send:  # one message a second, not one an epoch
-            self._send_values()
-
-    def _send_values(self) -> None:
-        for number, values in self._unsent.items():
-            if values:
-                self._inbox.put(("metrics", number, values))
-        self._unsent.clear()
-        self._next_send = time.monotonic() + self.send_interval
-
-    def trial_ending(self, trial: optuna.trial.BaseTrial) -> None:
-        """Before Optuna hears how the trial ended: record its run id on the trial."""
-        self._send_values()
-        number = trial.number
-        if self._read_until(lambda m: m[0] == "run_id" and m[1] == number, self.run_id_wait):
-            run_id = self._run_ids.get(number)
-            if run_id:
-                trial.set_user_attr(RUN_ID_ATTR, run_id)
-
-    def trial_finished(self, trial: FrozenTrial) -> None:
-        self._inbox.put(("finish", trial))
-
-    def wait_idle(self, timeout: float = 30.0) -> bool:
-        """Until everything sent so far has reached MLflow (or was given up on)."""
-        token = os.urandom(8).hex()
-        self._inbox.put(("barrier", token))
-        return self._read_until(lambda m: m[0] == "barrier" and m[1] == token, timeout)
-
-    def close(self, timeout: float = 15.0) -> set[int]:
-        """Send what is left (waiting at most `timeout` s); the trial numbers not mirrored."""
-        stopped: list[set[int]] = []
-
-        def is_stop(message: tuple[Any, ...]) -> bool:
-            if message[0] == "stopped":
-                stopped.append(message[1])
-                return True
-            return False
-
-        if self._process.is_alive():
-            self._inbox.put(("stop", timeout))
-            self._read_until(is_stop, timeout + 5)
-        self._process.join(5)
-        if self._process.is_alive():
-            self._process.terminate()
-        # Messages the tracking process never read are lost on purpose (the sync fills them
-        # in); without this, the feeder thread would block this process's exit on a pipe
-        # nobody reads.
-        self._inbox.cancel_join_thread()
-        self._inbox.close()
-        left = stopped[0] if stopped else {n for n, r in self._run_ids.items() if r is None}
-        return self.unmirrored | left
-
-    def _read_until(self, wanted: Any, timeout: float) -> bool:
-        """Take replies (recording run ids) until one is `wanted`, or the time is up."""
-        if any(wanted(m) for m in self._replies_seen):
-            return True
-        deadline = time.monotonic() + timeout
-        while True:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                return False
-            try:
-                message = self._replies.get(timeout=remaining)
-            except queue.Empty:
-                return False
-            if message[0] == "run_id":
-                self._run_ids[message[1]] = message[2]
-                if message[2] is None:
-                    self.unmirrored.add(message[1])
-            self._replies_seen.append(message)
-            if len(self._replies_seen) > 100:
-                del self._replies_seen[:50]
-            if wanted(message):
-                return True
 
 
 def require_enabled(settings: TrackingSettings, command: str) -> None:

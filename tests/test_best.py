@@ -155,7 +155,8 @@ def test_retrain_publishes_and_registers_a_model_that_predicts_like_the_trainer(
     out = result.stdout
     number = _printed_best(study, out)
     best = study.trials[number]
-    assert f"MLflow run: {best.user_attrs['mlflow_run_id']}\n" in out
+    run_id = re.search(r"MLflow run: (\w+)\n", out)[1]
+    assert best.user_attrs.get("mlflow_run_id", run_id) == run_id
     recorded, retrained = re.search(r"val_acc (\S+) \(recorded (\S+)\): identical\n", out).groups()
     assert float(retrained) == float(recorded) == best.value
     parent_id = re.search(r"parent run (\w+)", out)[1]
@@ -166,15 +167,16 @@ def test_retrain_publishes_and_registers_a_model_that_predicts_like_the_trainer(
     # The parent run: the study's, with the test figures and the best trial's tags.
     client = MlflowClient(tracking_uri)
     parent = client.get_run(parent_id)
-    child = client.get_run(best.user_attrs["mlflow_run_id"])
+    child = client.get_run(run_id)
     assert child.data.tags["mlflow.parentRunId"] == parent_id
+    assert child.data.tags["hpo.trial_number"] == str(number)
     assert parent.data.tags["hpo.best_trial"] == str(number)
     assert parent.data.tags["hpo.best_seed"] == str(best.user_attrs["seed"])
     assert {"test_acc", "test_loss"} <= parent.data.metrics.keys()
 
     # A trial without the recorded run id is found under the parent run by its tags.
     unrecorded = copy.deepcopy(best)
-    del unrecorded.user_attrs["mlflow_run_id"]
+    unrecorded.user_attrs.pop("mlflow_run_id", None)
     settings = TrackingSettings(enabled=True, uri=tracking_uri, experiment=tracking[3])
     assert find_run_id(client, settings, study, unrecorded) == child.info.run_id
 

@@ -113,7 +113,7 @@ def _run_in_process(spec: StudySpec, storage: str) -> None:
     """What `hpo run --no-mlflow` does, in this process (no interpreter to start)."""
     settings = resolve_storage(storage)
     prepare_study(settings, spec)
-    outcome = run_in_process(spec, settings, tracking=TrackingSettings(enabled=False))
+    outcome = run_in_process(spec, settings)
     assert not outcome.errors, outcome
 
 

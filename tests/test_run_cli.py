@@ -86,7 +86,8 @@ def test_ctrl_c_marks_the_running_trial_failed_and_the_same_command_resumes(
     process.send_signal(signal.SIGINT)
     _out, err = process.communicate(timeout=60)
     assert process.returncode == 130, err
-    assert "interrupted: run the same command again to resume" in err
+    assert "interrupted: the running trials were marked failed" in err
+    assert "run the same command again to resume (2/5 finished)" in err
     assert "Traceback" not in err
     counts = _counts(storage_url)
     assert counts["RUNNING"] == 0

@@ -15,8 +15,9 @@ from _checks import mlflow_runs
 from mlflow import MlflowClient
 
 from hpo._data import load_splits
+from hpo._mirror import Mirror, TrialMirror
 from hpo._objective import Objective
-from hpo._run import pruning_mirror, start_tracker
+from hpo._run import pruning_mirror
 from hpo._runner import Worker
 from hpo._storage import resolve_storage
 from hpo._studies import join_study, prepare_study
@@ -65,9 +66,10 @@ def study_setup(tiny_study_file, tmp_path, monkeypatch):
         joined.study.enqueue_trial({"lr": 1e20})  # diverges: pruned, with the reason
         joined.study.enqueue_trial({"lr": 0.015})  # made to fail below
         tracking = TrackingSettings(enabled=True, uri=tracking_uri, experiment=experiment)
-        tracker = start_tracker(joined, spec, settings, tracking)
-        assert tracker is not None
-        assert tracker.wait_ready()
+        mirror = Mirror(tracking, settings, spec)
+        mirror.study_ready()
+        tracker = TrialMirror(mirror.worker_end(0), run_id_wait=30.0)
+        assert tracker.wait_ready(60)  # then every trial waits for its run id
         splits = load_splits(spec.data, seed=spec.study.seed)
         objective = Objective(
             spec, splits, mirror=pruning_mirror(joined, spec), observers=(tracker, Saboteur())
@@ -76,7 +78,9 @@ def study_setup(tiny_study_file, tmp_path, monkeypatch):
             joined, settings, objective, n_trials=7, on_trial_end=tracker.trial_finished
         )
         worker.run()
-        assert tracker.close() == set()
+        summary = mirror.close(interrupted=False)
+        assert summary is not None
+        assert "0 runs created, 0 completed, 8 already complete" in summary  # 7 + a failure
         return joined.study
 
     return run

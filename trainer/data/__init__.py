@@ -17,7 +17,7 @@ Nothing here reads environment variables: callers pass directories explicitly.
 from ._datasets import DATASETS, load_dataset
 from ._download import download_dataset
 from ._errors import DatasetError
-from ._split import DataSplits, split_dataset
+from ._split import DataSplits, check_split, split_dataset
 from ._types import Dataset
 
 __all__ = [
@@ -25,6 +25,7 @@ __all__ = [
     "DataSplits",
     "Dataset",
     "DatasetError",
+    "check_split",
     "download_dataset",
     "load_dataset",
     "split_dataset",

@@ -85,28 +85,15 @@ def split_dataset(
     share, which matters for the small pools HPO trials use. The same arguments
     and ``seed`` give bit-identical splits.
     """
-    if not isinstance(dataset, Dataset):
-        raise TypeError(
-            f"split_dataset needs a Dataset from load_dataset, but got {type(dataset).__name__}."
-        )
-    _check_fraction("val_fraction", val_fraction)
-    if test_fraction is not None:
-        _check_fraction("test_fraction", test_fraction)
-    if subset not in _SUBSETS:
-        raise ValueError(f"subset must be 'first' or 'random', but got {subset=}.")
-    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0:
-        raise ValueError(f"seed must be a non-negative integer, but got {seed=}.")
+    check_split(
+        dataset,
+        val_fraction=val_fraction,
+        n_samples=n_samples,
+        subset=subset,
+        test_fraction=test_fraction,
+        seed=seed,
+    )
     n_pool = dataset.n_samples
-    if n_samples is not None:
-        if isinstance(n_samples, bool) or not isinstance(n_samples, numbers.Integral):
-            raise ValueError(f"n_samples must be an integer or None, but got {n_samples=}.")
-        if n_samples < 1:
-            raise ValueError(f"n_samples must be at least 1, but got {n_samples=}.")
-        if n_samples > n_pool:
-            raise ValueError(
-                f"n_samples={n_samples} is larger than the {n_pool} samples of dataset "
-                f"{dataset.name!r}; pass n_samples={n_pool} or fewer, or None to use them all."
-            )
 
     # One independent stream per step, so e.g. choosing subset="random" does not
     # change which samples the validation split draws from a given pool.
@@ -120,7 +107,6 @@ def split_dataset(
     x_test: NDArray[np.float32] | None = None
     t_test: NDArray[np.int64] | None = None
     if test_fraction is not None:
-        _check_stratifiable(y[pool], test_fraction, part="test", knob="test_fraction")
         pool, test_idx = _stratified(pool, y, test_fraction, test_seed)
         x_test, t_test, source = dataset.x[test_idx], y[test_idx], "test_fraction"
     elif dataset.test_x is not None and dataset.test_y is not None:
@@ -147,6 +133,55 @@ def split_dataset(
     )
     logger.debug("split %s: %r", dataset.name, splits)
     return splits
+
+
+def check_split(
+    dataset: Dataset,
+    *,
+    val_fraction: float = 0.2,
+    n_samples: int | None = None,
+    subset: Literal["first", "random"] = "first",
+    test_fraction: float | None = None,
+    seed: int = 0,
+) -> None:
+    """Raise the ``ValueError`` that ``split_dataset`` would raise for these arguments, without
+    splitting (which imports scikit-learn: about a second).
+
+    One check is approximate: with ``test_fraction``, whether each class keeps 2 samples for
+    the validation split is judged from the pool's class counts before the test split.
+    """
+    if not isinstance(dataset, Dataset):
+        raise TypeError(
+            f"split_dataset needs a Dataset from load_dataset, but got {type(dataset).__name__}."
+        )
+    _check_fraction("val_fraction", val_fraction)
+    if test_fraction is not None:
+        _check_fraction("test_fraction", test_fraction)
+    if subset not in _SUBSETS:
+        raise ValueError(f"subset must be 'first' or 'random', but got {subset=}.")
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0:
+        raise ValueError(f"seed must be a non-negative integer, but got {seed=}.")
+    n_pool = dataset.n_samples
+    if n_samples is not None:
+        if isinstance(n_samples, bool) or not isinstance(n_samples, numbers.Integral):
+            raise ValueError(f"n_samples must be an integer or None, but got {n_samples=}.")
+        if n_samples < 1:
+            raise ValueError(f"n_samples must be at least 1, but got {n_samples=}.")
+        if n_samples > n_pool:
+            raise ValueError(
+                f"n_samples={n_samples} is larger than the {n_pool} samples of dataset "
+                f"{dataset.name!r}; pass n_samples={n_pool} or fewer, or None to use them all."
+            )
+    subset_seed = int(np.random.SeedSequence(int(seed)).generate_state(3)[0])
+    pool, _ = _narrow(n_pool, n_samples, subset, subset_seed)
+    y = dataset.y[pool]
+    if test_fraction is not None:
+        _check_stratifiable(y, test_fraction, part="test", knob="test_fraction")
+        n_rest = y.size - math.ceil(test_fraction * y.size)
+        _check_part_sizes(n_rest, int(np.count_nonzero(np.bincount(y))), val_fraction,
+                          part="validation", knob="val_fraction")  # fmt: skip
+    else:
+        _check_stratifiable(y, val_fraction, part="validation", knob="val_fraction")
 
 
 def _check_fraction(knob: str, value: object) -> None:
@@ -197,7 +232,11 @@ def _check_stratifiable(y: NDArray[np.int64], fraction: float, *, part: str, kno
             f"{rare.tolist()}). Use more samples: a larger n_samples, or subset='random' if "
             "the first samples are unbalanced."
         )
-    k = int(present.size)
+    _check_part_sizes(n, int(present.size), fraction, part=part, knob=knob)
+
+
+def _check_part_sizes(n: int, k: int, fraction: float, *, part: str, knob: str) -> None:
+    """A split of `n` samples of `k` classes must leave each side at least `k` samples."""
     n_part = math.ceil(fraction * n)  # the size sklearn gives a float test_size
     if n_part < k:
         raise ValueError(
