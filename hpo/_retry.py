@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import abc
 import logging
+import math
 import sqlite3
 import threading
 import time
@@ -28,10 +29,58 @@ from sqlalchemy.exc import DBAPIError, DisconnectionError, InterfaceError, Opera
 
 logger = logging.getLogger(__name__)
 
-PATIENCE_S = 300.0
+PATIENCE_S = 300.0  # the default of HPO_STORAGE_PATIENCE
 FIRST_DELAY_S = 0.5
-LONGEST_DELAY_S = 30.0
+LONGEST_DELAY_S = 5.0  # a database that is back is used again within 5 s
 _T = TypeVar("_T")
+
+
+class StorageUnreachable(Exception):
+    """The storage stayed unreachable for the whole patience: the run ends here, and its
+    trials are safe in the storage (a running one is failed and retried by the next run)."""
+
+    def __init__(self, what: str, seconds: float, error: BaseException) -> None:
+        self.what, self.seconds = what, seconds
+        super().__init__(
+            f"{what} was unreachable for {seconds:.0f} s ({describe_error(error)}); gave up "
+            "(HPO_STORAGE_PATIENCE sets how long to wait). The study is safe in it: once it is "
+            "back, run the same command to resume"
+        )
+
+
+class Outages:
+    """What this process knows of storage outages, for the sweep for dead workers' trials.
+
+    During an outage every worker misses its heartbeats, so right after one, every running
+    trial looks stale. A sweep therefore judges nothing until the storage has been back for a
+    whole grace period, which gives live workers time to beat again.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._down = False
+        self._back_at = -math.inf
+
+    @property
+    def down(self) -> bool:
+        return self._down
+
+    def unreachable(self) -> None:
+        with self._lock:
+            self._down = True
+
+    def reachable(self) -> None:
+        with self._lock:
+            if self._down:
+                self._down = False
+                self._back_at = time.monotonic()
+
+    def settled(self, grace_period: float) -> bool:
+        """Whether the storage has been reachable for `grace_period` s (or never failed)."""
+        return not self._down and time.monotonic() - self._back_at >= grace_period
+
+
+OUTAGES = Outages()
 
 
 # SQLSTATE classes a retry can mend: connection exceptions (08), transaction rollbacks such
@@ -69,10 +118,10 @@ class Backoff:
         self.tries = 0
 
     def wait(self, error: BaseException) -> None:
+        OUTAGES.unreachable()
         elapsed = time.monotonic() - self.started
         if elapsed + self.delay > self.patience:
-            logger.error("%s still unreachable after %.0f s; giving up", self.what, elapsed)
-            raise error
+            raise StorageUnreachable(self.what, elapsed, error) from error
         if self.tries == 0:
             logger.warning(
                 "%s is unreachable (%s); retrying for up to %.0f s",
@@ -85,16 +134,22 @@ class Backoff:
         self.tries += 1
 
     def recovered(self) -> None:
+        OUTAGES.reachable()
         if self.tries:
             elapsed = time.monotonic() - self.started
             logger.warning("%s is reachable again after %.1f s", self.what, elapsed)
 
 
 def call_with_retry(
-    function: Callable[..., _T], *args: Any, what: str = "the database", **kwargs: Any
+    function: Callable[..., _T],
+    *args: Any,
+    what: str = "the database",
+    patience: float = PATIENCE_S,
+    **kwargs: Any,
 ) -> _T:
-    """`function(*args, **kwargs)`, repeated with backoff while its errors are transient."""
-    backoff = Backoff(what=what)
+    """`function(*args, **kwargs)`, repeated with backoff while its errors are transient, for
+    up to `patience` seconds (then `StorageUnreachable`)."""
+    backoff = Backoff(what=what, patience=patience)
     while True:
         try:
             result = function(*args, **kwargs)
@@ -161,7 +216,7 @@ def _delegate(name: str, *, retried: bool) -> Callable[..., Any]:
         target = getattr(self.inner, name)
         if not retried or self._suspended():
             return target(*args, **kwargs)
-        return call_with_retry(target, *args, what=self.what, **kwargs)
+        return call_with_retry(target, *args, what=self.what, patience=self.patience, **kwargs)
 
     method.__name__ = method.__qualname__ = name
     return method
@@ -186,8 +241,10 @@ class RetryingStorage(BaseStorage, BaseHeartbeat):
     its whole claim, lock included, because a lock held on a lost connection is lost too.
     """
 
-    def __init__(self, inner: BaseStorage, *, what: str = "the database") -> None:
-        self.inner, self.what = inner, what
+    def __init__(
+        self, inner: BaseStorage, *, what: str = "the database", patience: float = PATIENCE_S
+    ) -> None:
+        self.inner, self.what, self.patience = inner, what, patience
         self._local = threading.local()
 
     def _suspended(self) -> bool:
@@ -218,7 +275,7 @@ class RetryingStorage(BaseStorage, BaseHeartbeat):
                     raise
                 return True  # the try that lost its connection had committed: it is finished
 
-        return call_with_retry(finish, what=self.what)
+        return call_with_retry(finish, what=self.what, patience=self.patience)
 
     def __repr__(self) -> str:
         return f"RetryingStorage({self.inner!r})"

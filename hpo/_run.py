@@ -137,7 +137,11 @@ def run_in_process(
     finally:
         joined.storage.engine.dispose()
     return RunOutcome(
-        _finished(call_with_retry(count_trials, joined.storage, joined.study_id)),
+        _finished(
+            call_with_retry(
+                count_trials, joined.storage, joined.study_id, patience=settings.patience
+            )
+        ),
         timed_out=result.stopped_by == "timeout",
         errors=tuple(result.errors),
         gave_up=result.stopped_by == "failures",
@@ -212,7 +216,9 @@ def run_worker_processes(
     finally:
         lifeline.close()
     try:
-        finished = _finished(call_with_retry(count_trials, storage, study_id))
+        finished = _finished(
+            call_with_retry(count_trials, storage, study_id, patience=settings.patience)
+        )
         if progress is not None:
             progress(finished, _best(study))
     finally:

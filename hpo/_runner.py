@@ -21,10 +21,10 @@ from dataclasses import dataclass, field
 from types import TracebackType
 
 import optuna
-from optuna.trial import TrialState
+from optuna.trial import FrozenTrial, TrialState
 
 from ._locks import StorageLock
-from ._retry import PATIENCE_S, Backoff, describe_error, is_transient
+from ._retry import OUTAGES, Backoff, describe_error, is_transient
 from ._storage import StorageSettings, count_trials, orphaned_trial_ids
 from ._studies import JoinedStudy
 
@@ -103,6 +103,8 @@ class _Heartbeat(_Periodic):
         try:
             self.storage.record_heartbeat(self.trial_id)
         except Exception as error:  # a beat must never kill the worker
+            if is_transient(error):
+                OUTAGES.unreachable()
             if not self.missed:
                 logger.warning(
                     "heartbeat of trial id %s failed (%s); trying again every %s s",
@@ -112,6 +114,7 @@ class _Heartbeat(_Periodic):
                 )
             self.missed += 1
             return
+        OUTAGES.reachable()
         if self.missed:
             logger.warning(
                 "heartbeat of trial id %s is back after %d missed", self.trial_id, self.missed
@@ -138,6 +141,8 @@ class _Sweeper(_Periodic):
         try:
             self.sweep()
         except Exception as error:  # never fatal: the claims sweep too
+            if is_transient(error):
+                OUTAGES.unreachable()
             logger.debug("sweep for stale trials skipped: %s", describe_error(error))
 
 
@@ -166,7 +171,7 @@ class Worker:
         self.max_consecutive_failures = max_consecutive_failures
         # As patient as a storage call: during a restart, taking the lock waits for the server.
         self._claims = StorageLock(
-            settings, f"claim:{joined.study.study_name}", timeout=PATIENCE_S, reuse=True
+            settings, f"claim:{joined.study.study_name}", timeout=settings.patience, reuse=True
         )
         self._swept = False  # the first claim looks for dead workers' trials
 
@@ -230,7 +235,10 @@ class Worker:
             except Exception as error:
                 if not is_transient(error):
                     raise
-                backoff = backoff or Backoff(what=f"the storage {self.settings.redacted()}")
+                backoff = backoff or Backoff(
+                    what=f"the storage {self.settings.redacted()}",
+                    patience=self.settings.patience,
+                )
                 backoff.wait(error)
                 continue
             if backoff is not None:
@@ -268,8 +276,15 @@ class Worker:
         """Fail trials whose worker died (stale heartbeat, or none at all) and retry them once.
 
         Optuna does the stale part only when a worker starts a trial through Study.optimize; a
-        resuming run must do it too, or the last dead worker's trial would stay RUNNING.
+        resuming run must do it too, or the last dead worker's trial would stay RUNNING. Right
+        after a storage outage nothing is judged for a grace period (see `Outages`).
         """
+        if OUTAGES.down:  # back now? (this raises if not)
+            count_trials(self.joined.storage, self.joined.study_id)
+            OUTAGES.reachable()
+        if not OUTAGES.settled(self.settings.grace_period):
+            logger.debug("the storage is back from an outage: waiting for heartbeats")
+            return
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             optuna.storages.fail_stale_trials(self.study)
@@ -285,18 +300,33 @@ class Worker:
                 continue
             failed = storage.get_trial(trial_id)
             logger.warning(
-                "trial %d never sent a heartbeat (its worker died as it started); failed it",
+                "trial %d recorded no heartbeat in the %d s since it started, so its worker is "
+                "presumed dead; failed it%s",
                 failed.number,
+                self.settings.grace_period,
+                " (it is retried once)" if retry is not None else "",
             )
             if retry is not None:
                 retry(self.study, failed)
 
     def _run_trial(self, trial: optuna.Trial, result: WorkerResult) -> None:
-        storage = self.joined.storage
+        # The heartbeat lasts until the storage knows how the trial ended: a `tell` that
+        # waits out an outage keeps beating, so that other workers do not fail it as stale.
+        with _Heartbeat(self.joined.storage, trial._trial_id, self.settings.heartbeat_interval):
+            frozen = self._train_and_tell(trial, result)
+        if frozen.state == TrialState.COMPLETE:
+            result.complete += 1
+        elif frozen.state == TrialState.PRUNED:
+            result.pruned += 1
+        else:
+            result.failed += 1
+        if self.on_trial_end is not None:
+            self.on_trial_end(frozen)
+
+    def _train_and_tell(self, trial: optuna.Trial, result: WorkerResult) -> FrozenTrial:
         state, value = TrialState.FAIL, None
         try:
-            with _Heartbeat(storage, trial._trial_id, self.settings.heartbeat_interval):
-                value = self.objective(trial)
+            value = self.objective(trial)
             state = TrialState.COMPLETE
         except optuna.TrialPruned:
             state = TrialState.PRUNED
@@ -309,21 +339,12 @@ class Worker:
             result.errors.append(message)
         try:
             if state == TrialState.COMPLETE:
-                frozen = self.study.tell(trial, value)  # a NaN value makes Optuna fail it
-            else:
-                frozen = self.study.tell(trial, state=state)
+                return self.study.tell(trial, value)  # a NaN value makes Optuna fail it
+            return self.study.tell(trial, state=state)
         except optuna.exceptions.UpdateFinishedTrialError:
             # Its heartbeats were missed for a grace period (the database was down that
             # long), so another worker failed it as stale and queued its retry.
             message = f"trial {trial.number} was failed as stale while it ran; it is retried"
             logger.warning(message)
             result.errors.append(message)
-            frozen = self.joined.retrying.get_trial(trial._trial_id)
-        if frozen.state == TrialState.COMPLETE:
-            result.complete += 1
-        elif frozen.state == TrialState.PRUNED:
-            result.pruned += 1
-        else:
-            result.failed += 1
-        if self.on_trial_end is not None:
-            self.on_trial_end(frozen)
+            return self.joined.retrying.get_trial(trial._trial_id)

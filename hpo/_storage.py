@@ -34,6 +34,7 @@ DEFAULT_STORAGE = "sqlite:///hpo.db"
 # A worker's heartbeat every 5 s; a trial silent for 20 s (four missed beats) is stale.
 HEARTBEAT_INTERVAL_S = 5
 GRACE_PERIOD_S = 20
+PATIENCE_S = 300
 SUPPORTED_BACKENDS = ("sqlite", "postgresql")
 
 
@@ -48,6 +49,7 @@ class StorageSettings:
     url: str
     heartbeat_interval: int = HEARTBEAT_INTERVAL_S
     grace_period: int = GRACE_PERIOD_S
+    patience: int = PATIENCE_S  # how long a worker waits for a storage that went away
 
     @property
     def backend(self) -> str:
@@ -83,7 +85,8 @@ _CREDENTIALS = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*:/*[^/:@\s]*:)[^@\s]*@")
 def resolve_storage(flag: str | None, environ: Mapping[str, str] | None = None) -> StorageSettings:
     """`--storage`, else `$HPO_STORAGE`, else `sqlite:///hpo.db` in the working directory.
 
-    `HPO_HEARTBEAT_INTERVAL` and `HPO_GRACE_PERIOD` (seconds) tune stale-trial detection.
+    `HPO_HEARTBEAT_INTERVAL` and `HPO_GRACE_PERIOD` (seconds) tune stale-trial detection;
+    `HPO_STORAGE_PATIENCE` (seconds) is how long a worker waits for a database that went away.
     """
     environ = os.environ if environ is None else environ
     url = flag or environ.get(STORAGE_ENV) or DEFAULT_STORAGE
@@ -107,15 +110,18 @@ def resolve_storage(flag: str | None, environ: Mapping[str, str] | None = None) 
             f"but got {parsed.get_backend_name()!r}",
             key="storage",
         )
-    interval = _positive_seconds(environ, "HPO_HEARTBEAT_INTERVAL", HEARTBEAT_INTERVAL_S)
-    grace = _positive_seconds(environ, "HPO_GRACE_PERIOD", GRACE_PERIOD_S)
+    interval = _positive_seconds(environ, "HPO_HEARTBEAT_INTERVAL", HEARTBEAT_INTERVAL_S, 3600)
+    grace = _positive_seconds(environ, "HPO_GRACE_PERIOD", GRACE_PERIOD_S, 86400)
+    patience = _positive_seconds(environ, "HPO_STORAGE_PATIENCE", PATIENCE_S, 86400)
     if grace <= interval:
         raise ConfigError(
             f"HPO_GRACE_PERIOD ({grace} s) must exceed HPO_HEARTBEAT_INTERVAL ({interval} s), "
             "or live trials would be declared stale",
             key="HPO_GRACE_PERIOD",
         )
-    settings = StorageSettings(url=url, heartbeat_interval=interval, grace_period=grace)
+    settings = StorageSettings(
+        url=url, heartbeat_interval=interval, grace_period=grace, patience=patience
+    )
     if settings.sqlite_path is not None and not settings.sqlite_path.parent.is_dir():
         raise StorageUnavailable(
             f"{settings.redacted()}: the directory {settings.sqlite_path.parent} does not exist",
@@ -124,7 +130,7 @@ def resolve_storage(flag: str | None, environ: Mapping[str, str] | None = None) 
     return settings
 
 
-def _positive_seconds(environ: Mapping[str, str], name: str, default: int) -> int:
+def _positive_seconds(environ: Mapping[str, str], name: str, default: int, most: int) -> int:
     text = environ.get(name)
     if text is None:
         return default
@@ -132,8 +138,10 @@ def _positive_seconds(environ: Mapping[str, str], name: str, default: int) -> in
         value = int(text)
     except ValueError:
         value = 0
-    if value < 1:
-        raise ConfigError(f"must be a whole number of seconds >= 1, but got {text!r}", key=name)
+    if not 1 <= value <= most:
+        raise ConfigError(
+            f"must be a whole number of seconds from 1 to {most}, but got {text!r}", key=name
+        )
     return value
 
 

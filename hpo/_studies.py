@@ -188,7 +188,9 @@ def join_study(
     # running trials written in two transactions each (see hpo._batched); around both, the
     # retries.
     batched = BatchedTrialStorage(_CachedStorage(storage))
-    retrying = RetryingStorage(batched, what=f"the storage {settings.redacted()}")
+    retrying = RetryingStorage(
+        batched, what=f"the storage {settings.redacted()}", patience=settings.patience
+    )
     study = optuna.load_study(
         study_name=name,
         storage=retrying,

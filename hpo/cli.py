@@ -1,8 +1,9 @@
 """The `hpo` command: parses arguments, calls library code, returns an exit status.
 
 Exit status 0 on success, 2 for a mistake the user can fix (printed as one line, no
-traceback), 1 for anything else, 130 when interrupted. Heavy modules (NumPy and everything
-above it) are imported inside the handlers, after the BLAS environment is set.
+traceback), 1 for anything else, 130 when interrupted (Ctrl-C), 143 when terminated (SIGTERM).
+Heavy modules (NumPy and everything above it) are imported inside the handlers, after the
+BLAS environment is set.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from . import (
     _cmd_run,
     _cmd_train,
 )
-from ._cli_common import EXIT_BROKEN_PIPE, EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_USAGE
+from ._cli_common import EXIT_BROKEN_PIPE, EXIT_FAILURE, EXIT_USAGE
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -62,23 +63,40 @@ def main(argv: Sequence[str] | None = None) -> int:
     from trainer.data import DatasetError
 
     from ._errors import ConfigError
+    from ._retry import StorageUnreachable, describe_error, is_transient
 
     try:
         return args.handler(args)
     except (ConfigError, DatasetError) as error:
         print(f"hpo {args.command}: error: {error}", file=sys.stderr)
         return EXIT_USAGE
+    except StorageUnreachable as error:
+        print(f"hpo {args.command}: {error}", file=sys.stderr)
+        return EXIT_FAILURE
     except TrainingDiverged as error:
         print(f"hpo {args.command}: {error}; try a smaller learning rate", file=sys.stderr)
         return EXIT_FAILURE
-    except KeyboardInterrupt:
-        print(f"hpo {args.command}: interrupted", file=sys.stderr)
-        return EXIT_INTERRUPTED
+    except KeyboardInterrupt as stop:
+        from ._signals import exit_status, signal_name
+
+        what = "interrupted" if signal_name(stop) == "SIGINT" else "terminated (SIGTERM)"
+        print(f"hpo {args.command}: {what}", file=sys.stderr)
+        return exit_status(stop)
     except BrokenPipeError:
         # The reader went away (`hpo status | head`): stop quietly, as other commands do, and
         # keep Python from failing again when it flushes stdout at exit.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return EXIT_BROKEN_PIPE
+    except Exception as error:
+        if not is_transient(error):
+            raise
+        # A storage that went away where nothing waits for it (a read after the run, say).
+        print(
+            f"hpo {args.command}: the storage could not be reached ({describe_error(error)}); "
+            "nothing was lost: run the same command again once it is back",
+            file=sys.stderr,
+        )
+        return EXIT_FAILURE
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from _postgres import POSTGRES_ENV, ThrowawayPostgres, pg_bin
 from _servers import free_port, start_server, stop_server
 
 _T10K_FILES = ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")
@@ -42,26 +43,40 @@ def mnist_dir() -> Path:
 
 # -- storages: every storage test runs against a SQLite file and the PostgreSQL server --------
 
-_POSTGRES_ENV = "HPO_TEST_POSTGRES_URL"
 
-
-def postgres_admin_url() -> str:
-    """The PostgreSQL URL the environment names; skip locally (fail in CI) without one."""
-    url = os.environ.get(_POSTGRES_ENV)
-    if not url:
+@pytest.fixture(scope="session")
+def postgres_admin_url() -> Iterator[str]:
+    """A PostgreSQL server for the storage tests: `HPO_TEST_POSTGRES_URL` if set, else a
+    throwaway cluster of the session's own (see tests/_postgres.py). Without either, the
+    tests that need one skip locally and fail in CI."""
+    url = os.environ.get(POSTGRES_ENV)
+    if url:
+        yield url
+        return
+    bin_dir = pg_bin()
+    if bin_dir is None:
+        reason = (
+            f"no PostgreSQL: set {POSTGRES_ENV}, or install PostgreSQL's server "
+            "(initdb, pg_ctl) for a throwaway cluster"
+        )
         if os.environ.get("CI"):
-            pytest.fail(f"CI must export {_POSTGRES_ENV} (see .ci/run)")
-        pytest.skip(f"{_POSTGRES_ENV} is not set")
-    return url
+            pytest.fail(reason)
+        pytest.skip(reason)
+    cluster = ThrowawayPostgres(bin_dir)
+    cluster.start()
+    try:
+        yield cluster.url
+    finally:
+        cluster.destroy()
 
 
 @pytest.fixture
-def fresh_postgres_url() -> Iterator[str]:
+def fresh_postgres_url(postgres_admin_url: str) -> Iterator[str]:
     """A new, empty PostgreSQL database for one test, dropped afterwards."""
     import sqlalchemy
     from sqlalchemy.engine import make_url
 
-    admin = make_url(postgres_admin_url())
+    admin = make_url(postgres_admin_url)
     name = f"hpo_test_{uuid.uuid4().hex[:12]}"
     engine = sqlalchemy.create_engine(admin, isolation_level="AUTOCOMMIT")
     with engine.connect() as connection:

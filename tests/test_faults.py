@@ -9,14 +9,11 @@ Figures (kills, lags, connections) are printed for the README's reliability sect
 
 from __future__ import annotations
 
-import contextlib
 import os
 import random
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 import uuid
@@ -28,7 +25,7 @@ import optuna
 import pytest
 import sqlalchemy
 from _checks import assert_mirrored_once, assert_study_is_whole
-from _servers import free_port
+from _postgres import ThrowawayPostgres, pg_bin
 from mlflow import MlflowClient
 from sqlalchemy.engine import make_url
 
@@ -50,11 +47,13 @@ class Workers:
         }
         self.processes: list[subprocess.Popen] = []
         self.started: dict[int, float] = {}
+        self.extra: list[str] = []  # more flags for `hpo run`
 
     def start(self) -> subprocess.Popen:
         log = open(self.root / f"worker-{len(self.processes)}.log", "w")  # noqa: SIM115
         process = subprocess.Popen(
-            [*HPO, "run", str(self.study_file), "--no-progress", "--experiment", self.experiment],
+            [*HPO, "run", str(self.study_file), "--no-progress", "--experiment", self.experiment,
+             *self.extra],
             env=self.env, cwd=self.root, stdout=log, stderr=subprocess.STDOUT, text=True,
         )  # fmt: skip
         log.close()
@@ -204,56 +203,12 @@ def test_workers_killed_at_random_lose_no_trial(
 # -- 2. PostgreSQL restarted mid-study ---------------------------------------------------------
 
 
-def _pg_bin() -> Path | None:
-    found = shutil.which("pg_ctl")
-    if found:
-        return Path(found).parent
-    versions = sorted(Path("/usr/lib/postgresql").glob("*/bin/pg_ctl"))
-    return versions[-1].parent if versions else None
-
-
-class ThrowawayPostgres:
-    """A PostgreSQL cluster of the test's own (initdb, own port), to stop and start at will."""
-
-    def __init__(self) -> None:
-        bin_dir = _pg_bin()
-        if bin_dir is None:
-            pytest.skip("PostgreSQL's server binaries (initdb, pg_ctl) are not installed")
-        self.bin = bin_dir
-        self.root = Path(tempfile.mkdtemp(prefix="hpo-pg-"))
-        self.data = self.root / "data"
-        self.port = free_port()
-        self.url = f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/postgres"
-        # initdb refuses to run as root: run the cluster as the postgres user then.
-        self.as_user: list[str] = []
-        if os.geteuid() == 0:
-            shutil.chown(self.root, "postgres")
-            self.as_user = ["runuser", "-u", "postgres", "--"]
-        self._pg("initdb", "-D", str(self.data), "-A", "trust", "-U", "postgres", "--no-sync")
-
-    def _pg(self, tool: str, *args: str) -> None:
-        subprocess.run(
-            [*self.as_user, str(self.bin / tool), *args],
-            check=True, capture_output=True, timeout=60,
-        )  # fmt: skip
-
-    def start(self) -> None:
-        options = f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 -c fsync=off"
-        self._pg("pg_ctl", "-D", str(self.data), "-o", options, "-l",
-                 str(self.root / "server.log"), "-w", "start")  # fmt: skip
-
-    def stop(self) -> None:
-        self._pg("pg_ctl", "-D", str(self.data), "-m", "fast", "-w", "stop")
-
-    def destroy(self) -> None:
-        with contextlib.suppress(subprocess.CalledProcessError):  # already stopped
-            self.stop()
-        shutil.rmtree(self.root, ignore_errors=True)
-
-
 @pytest.fixture
 def throwaway_postgres() -> Iterator[ThrowawayPostgres]:
-    cluster = ThrowawayPostgres()
+    bin_dir = pg_bin()
+    if bin_dir is None:
+        pytest.skip("PostgreSQL's server binaries (initdb, pg_ctl) are not installed")
+    cluster = ThrowawayPostgres(bin_dir)
     cluster.start()
     try:
         yield cluster
@@ -290,6 +245,64 @@ def test_workers_ride_out_postgres_restarts(
     assert states["FAIL"] == 0, states
     assert_mirrored_once(url, mlflow_server.uri, group.experiment)
     print(f"\nPostgreSQL restarts survived: {restarts} (5 s down each); trials lost: 0")
+
+
+def test_an_outage_longer_than_the_grace_period_fails_no_live_trial(
+    throwaway_postgres, tiny_study_file, tmp_path, workers
+):
+    """Down for 8 s with a grace period of 3 s: every heartbeat was missed, yet once the
+    server is back no live worker's trial is failed as stale (sweeps wait a grace period)."""
+    n_trials = 20
+    study_file = tiny_study_file(n_trials=n_trials, epochs=240, hidden=256)
+    url = throwaway_postgres.url
+    group = Workers(study_file, url, "", tmp_path, **FAST_STALENESS)
+    group.extra = ["--no-mlflow"]
+    workers.append(group)
+    group.start()
+    group.start()
+    _wait_until(lambda: _finished_trials(url) >= 4, what="4 trials")
+    throwaway_postgres.stop()
+    time.sleep(8)
+    throwaway_postgres.start()
+    codes = group.wait()
+    assert codes == [0, 0], group.logs()
+    logs = group.logs()
+    assert "Traceback" not in logs, logs
+    assert "recorded no heartbeat" not in logs, logs
+    assert "failed as stale" not in logs, logs
+    states = assert_study_is_whole(url, n_trials)
+    assert states["FAIL"] == 0, states
+
+
+def test_an_outage_longer_than_the_patience_ends_each_worker_with_one_line(
+    throwaway_postgres, tiny_study_file, tmp_path, workers
+):
+    """HPO_STORAGE_PATIENCE = 4: the server stays down, each worker gives up after 4 s with
+    one line saying so; once it is back, the same command finishes the study."""
+    n_trials = 20
+    study_file = tiny_study_file(n_trials=n_trials, epochs=240, hidden=256)
+    url = throwaway_postgres.url
+    group = Workers(study_file, url, "", tmp_path, HPO_STORAGE_PATIENCE="4", **FAST_STALENESS)
+    group.extra = ["--no-mlflow"]
+    workers.append(group)
+    group.start()
+    group.start()
+    _wait_until(lambda: _finished_trials(url) >= 4, what="4 trials")
+    throwaway_postgres.stop()
+    codes = group.wait(timeout=120)
+    assert codes == [1, 1], group.logs()
+    for index in range(2):
+        log = group.log(index)
+        assert "Traceback" not in log, log
+        last = log.strip().splitlines()[-1]
+        assert last.startswith("hpo run: the storage postgresql+psycopg://"), log
+        assert "was unreachable for " in last
+        assert "run the same command to resume" in last
+    throwaway_postgres.start()
+    again = group.start()
+    again.wait(timeout=300)
+    assert again.returncode == 0, group.log(2)
+    assert_study_is_whole(url, n_trials)
 
 
 # -- 3. MLflow stopped and started mid-study ---------------------------------------------------

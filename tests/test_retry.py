@@ -12,7 +12,14 @@ import sqlalchemy
 from optuna.storages._heartbeat import is_heartbeat_enabled
 from sqlalchemy.exc import IntegrityError, OperationalError
 
-from hpo._retry import Backoff, RetryingStorage, call_with_retry, is_transient
+from hpo._retry import (
+    Backoff,
+    Outages,
+    RetryingStorage,
+    StorageUnreachable,
+    call_with_retry,
+    is_transient,
+)
 
 
 def _operational(message: str = "server closed the connection unexpectedly") -> OperationalError:
@@ -71,12 +78,27 @@ def test_other_errors_pass_through_at_once():
     assert calls == [1]
 
 
-def test_patience_runs_out_with_the_original_error():
-    backoff = Backoff(patience=1.0)
+def test_patience_runs_out_with_one_error_that_says_how_long_and_what_to_do():
+    backoff = Backoff(patience=1.0, what="the storage sqlite:///x.db")
     error = _operational()
     backoff.wait(error)  # 0.5 s
-    with pytest.raises(OperationalError):
+    with pytest.raises(StorageUnreachable) as raised:
         backoff.wait(error)  # another 1 s would pass the patience
+    assert raised.value.__cause__ is error
+    assert not is_transient(raised.value)  # nothing retries it again
+    assert str(raised.value).startswith("the storage sqlite:///x.db was unreachable for 1 s")
+    assert "run the same command to resume" in str(raised.value)
+
+
+def test_sweeps_wait_a_grace_period_after_an_outage():
+    outages = Outages()
+    assert outages.settled(grace_period=60)  # never down
+    outages.unreachable()
+    assert outages.down
+    assert not outages.settled(grace_period=0)
+    outages.reachable()
+    assert not outages.settled(grace_period=60)
+    assert outages.settled(grace_period=0)
 
 
 def test_the_retrying_storage_is_a_full_optuna_storage(tmp_path):
