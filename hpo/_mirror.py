@@ -119,26 +119,32 @@ class Mirror:
         if not self._tell(("close", interrupted, True)):
             return self._gave_up("its process ended early")
         deadline = time.monotonic() + stall_timeout
+        answered = False
         try:
             while self._control.poll(max(0.0, deadline - time.monotonic())):
                 message = self._control.recv()
                 if message[0] == "progress":
                     deadline = time.monotonic() + stall_timeout
                 elif message[0] == "finished":
+                    answered = True
                     return str(message[1])
                 elif message[0] == "failed":
+                    answered = True
                     return self._gave_up(str(message[1]))
         except (EOFError, OSError):
             return self._gave_up("its process ended early")
         finally:
-            self._stop()
+            self._stop(timeout=5.0 if answered else 0.5)
         return self._gave_up(f"no answer within {stall_timeout:.0f} s")
 
     def abandon(self) -> None:
-        """Stop the mirror without a closing sync (the run never started)."""
+        """Stop the mirror without a closing sync (the run never started). It may be creating
+        the store: given time to finish that, which a kill would leave half-migrated."""
+        if not self._process.is_alive() and self._control.closed:
+            return
         self.release_worker_ends()
         self._tell(("close", False, False))
-        self._stop()
+        self._stop(timeout=30.0)
 
     def _tell(self, message: tuple[Any, ...]) -> bool:
         try:
@@ -147,12 +153,15 @@ class Mirror:
             return False
         return True
 
-    def _stop(self, timeout: float = 5.0) -> None:
+    def _stop(self, timeout: float) -> None:
+        """Wait `timeout` s for the mirror to end, then kill it (it ignores SIGTERM, which a
+        whole process group gets from systemd or a terminal, so as to finish its work)."""
         self._process.join(timeout)
         if self._process.is_alive():
-            self._process.terminate()
-            self._process.join(timeout)
-        self._control.close()
+            self._process.kill()
+            self._process.join()
+        if not self._control.closed:
+            self._control.close()
 
     def _gave_up(self, reason: str) -> None:
         logger.warning(

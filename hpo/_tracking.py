@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import time
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -110,12 +111,14 @@ def make_client(settings: TrackingSettings) -> MlflowClient:
     logging.getLogger("alembic").setLevel(logging.WARNING)
     logging.getLogger("urllib3").setLevel(logging.ERROR)  # one line per retry otherwise
     uri = settings.uri or DEFAULT_URI
-    client = MlflowClient(tracking_uri=uri)
     if not uri.startswith(("sqlite:", "postgresql")):
-        return client  # a server migrates its own store
-    with StorageLock(StorageSettings(url=uri), "mlflow-store"):
+        return MlflowClient(tracking_uri=uri)  # a server migrates its own store
+    # MLflow opens a database store as the client is made: creates it, migrates, verifies.
+    with StorageLock(StorageSettings(url=uri), "mlflow-store"), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # alembic's notes on MLflow's own migrations
         try:
-            client.search_experiments(max_results=1)  # opens the store: creates, verifies
+            client = MlflowClient(tracking_uri=uri)
+            client.search_experiments(max_results=1)
         except Exception as error:
             raise _store_error(uri, error) from None
     return client

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import socket
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections import Counter
@@ -230,3 +233,155 @@ def test_an_unreachable_server_from_the_start_costs_one_warning(tiny_study_file,
     assert 1 <= len(warnings) <= 2, err
     assert "hpo sync-mlflow tiny" in err
     assert "Traceback" not in err
+
+
+# -- the mirror under concurrency, and a tracking server that never answers -------------------
+
+
+def _run_in(cwd, *args, env=None, timeout=300):
+    return subprocess.run(
+        [*HPO, *args], cwd=cwd, capture_output=True, text=True, timeout=timeout, check=False,
+        env=(env or os.environ) | {"OPENBLAS_NUM_THREADS": "1"},
+    )  # fmt: skip
+
+
+def _without_tracking_env() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "HPO_STORAGE")}
+
+
+def test_workers_and_runs_started_together_share_the_default_store(tiny_study_file, tmp_path):
+    """`--workers 3` and two more `hpo run`s at once, in a fresh directory with MLflow's default
+    ./mlflow.db: the store is created once (no migration race), one parent run, every trial
+    mirrored exactly once, no warning."""
+    from _checks import assert_mirrored_once
+
+    study_file = tiny_study_file(n_trials=18, epochs=4)
+    env = _without_tracking_env()
+    command = [*HPO, "run", str(study_file), "--no-progress"]
+    processes = [
+        subprocess.Popen([*command, *extra], cwd=tmp_path, env=env, text=True,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        for extra in (["--workers", "3"], [], [])
+    ]  # fmt: skip
+    for process in processes:
+        _out, err = process.communicate(timeout=300)
+        assert process.returncode == 0, err
+        assert "WARNING" not in err, err
+        assert "Traceback" not in err, err
+    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    assert_mirrored_once(f"sqlite:///{tmp_path / 'hpo.db'}", store, "tiny")
+    synced = _run_in(tmp_path, "sync-mlflow", "tiny", env=env)
+    assert synced.returncode == 0, synced.stderr
+    assert "0 runs created, 0 completed, 18 already complete" in synced.stdout
+
+
+def test_concurrent_syncs_create_each_missing_run_once_and_duplicates_are_repaired(
+    tiny_study_file, tmp_path
+):
+    from _checks import assert_mirrored_once, mlflow_runs
+
+    study_file = tiny_study_file(n_trials=6, epochs=3)
+    storage, store = f"sqlite:///{tmp_path / 's.db'}", f"sqlite:///{tmp_path / 'mlflow.db'}"
+    flags = ["--storage", storage, "--tracking-uri", store]
+    run = _run_in(tmp_path, "run", str(study_file), "--no-progress", "--no-mlflow", *flags[:2])
+    assert run.returncode == 0, run.stderr
+    syncs = [
+        subprocess.Popen([*HPO, "sync-mlflow", "tiny", *flags], cwd=tmp_path, text=True,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        for _ in range(3)
+    ]  # fmt: skip
+    outputs = [sync.communicate(timeout=300) for sync in syncs]
+    assert all(sync.returncode == 0 for sync in syncs), outputs
+    created = sorted(int(out.split(" runs created")[0].split()[-1]) for out, _ in outputs)
+    assert created == [0, 0, 6], outputs  # the first under the lock made them all
+    assert_mirrored_once(storage, store, "tiny")
+
+    # Duplicates as an older version left them: a second, incomplete run for two trials.
+    client = MlflowClient(tracking_uri=store)
+    _parents, children = mlflow_runs(store, "tiny")
+    for run_ in children[:2]:
+        client.create_run(run_.info.experiment_id, tags=dict(run_.data.tags) | {
+            "hpo.complete": "false"
+        })  # fmt: skip
+    assert len(mlflow_runs(store, "tiny")[1]) == 8
+    repair = _run_in(tmp_path, "sync-mlflow", "tiny", *flags)
+    assert repair.returncode == 0, repair.stderr
+    assert "2 duplicate runs deleted" in repair.stdout
+    assert_mirrored_once(storage, store, "tiny")
+    kept = {r.info.run_id for r in mlflow_runs(store, "tiny")[1]}
+    assert {r.info.run_id for r in children} == kept  # the complete ones stayed
+
+
+def test_a_half_migrated_store_is_named_in_one_line(tiny_study_file, tmp_path):
+    """The state concurrent migrations used to leave: an old schema version and alembic's
+    temporary table. Commands that need MLflow say what to do; hpo run trains on."""
+    import sqlite3
+
+    store_path = tmp_path / "mlflow.db"
+    MlflowClient(tracking_uri=f"sqlite:///{store_path}").search_experiments()  # a whole store
+    with sqlite3.connect(store_path) as db:
+        db.execute("UPDATE alembic_version SET version_num = '0584bdc529eb'")
+        db.execute("CREATE TABLE _alembic_tmp_latest_metrics (x INTEGER)")
+    study_file = tiny_study_file(n_trials=3, epochs=2)
+    storage = f"sqlite:///{tmp_path / 's.db'}"
+    flags = ["--storage", storage, "--tracking-uri", f"sqlite:///{store_path}"]
+    run = _run_in(tmp_path, "run", str(study_file), "--no-progress", *flags)
+    assert run.returncode == 0, run.stderr
+    assert "tiny: 3/3 trials finished" in run.stdout
+    assert "is half-migrated" in run.stderr
+    assert "Traceback" not in run.stderr
+    sync = _run_in(tmp_path, "sync-mlflow", "tiny", *flags)
+    assert sync.returncode == 2, sync.stderr
+    assert sync.stderr.count("\n") == 1, sync.stderr
+    assert f"mv {store_path} {store_path}.broken" in sync.stderr
+    assert "hpo sync-mlflow" in sync.stderr
+
+
+class Silent(threading.Thread):
+    """A TCP server that accepts connections and never answers: a hung tracking server."""
+
+    def __init__(self) -> None:
+        super().__init__(daemon=True)
+        self.socket = socket.create_server(("127.0.0.1", 0))
+        self.uri = f"http://127.0.0.1:{self.socket.getsockname()[1]}"
+        self.held: list[socket.socket] = []
+
+    def run(self) -> None:
+        with contextlib.suppress(OSError):
+            while True:
+                self.held.append(self.socket.accept()[0])
+
+    def close(self) -> None:
+        self.socket.close()
+        for connection in self.held:
+            connection.close()
+
+
+def test_a_tracking_server_that_never_answers_costs_a_bounded_wait_at_the_end(
+    tiny_study_file, tmp_path
+):
+    study_file = tiny_study_file(n_trials=10, epochs=5)
+    silent = Silent()
+    silent.start()
+    try:
+        timings = {}
+        for label, extra in (("off", ["--no-mlflow"]), ("hung", ["--tracking-uri", silent.uri])):
+            storage = f"sqlite:///{tmp_path / f'{label}.db'}"
+            began = time.monotonic()
+            run = _run_in(tmp_path, "run", str(study_file), "--no-progress", "--storage",
+                          storage, *extra, timeout=600)  # fmt: skip
+            timings[label] = time.monotonic() - began
+            assert run.returncode == 0, run.stderr
+            assert "tiny: 10/10 trials finished" in run.stdout
+        study = optuna.load_study(study_name="tiny", storage=f"sqlite:///{tmp_path / 'hung.db'}")
+        first_trial = min(t.datetime_start for t in study.trials)
+        assert "Traceback" not in run.stderr
+        assert "could not finish mirroring the study to MLflow" in run.stderr
+        assert "no answer within 20 s" in run.stderr
+        assert "hpo sync-mlflow tiny" in run.stderr
+        # Training never waited: the end waited up to the 20 s bound, and little else.
+        assert timings["hung"] - timings["off"] < 30, timings
+        print(f"\nhung tracking server: {timings['hung']:.1f} s, without MLflow "
+              f"{timings['off']:.1f} s; first trial {first_trial.time()}")  # fmt: skip
+    finally:
+        silent.close()
