@@ -6,8 +6,11 @@ exact trial budget needs "count the trials, then create one" to happen atomicall
 
 PostgreSQL: a session-level advisory lock, held on a connection of its own (advisory locks
 block nothing but each other, so Optuna's own connections keep working), released by the
-server if the holder dies. SQLite: `flock` on a file beside the database, released by the
-kernel if the holder dies. An in-memory SQLite database lives in one process: a thread lock.
+server if the holder dies. SQLite: `flock` on a file of its own per lock name, in a folder
+beside the database (`<db>.hpo-locks/`), released by the kernel if the holder dies. An in-memory
+SQLite database lives in one process: a thread lock per name. Locks of different names never
+block each other, so a slow holder of one (a tracking server that does not answer, while the
+MLflow parent run is looked up) never holds up the claims of trials.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ import sqlalchemy
 
 from ._storage import StorageSettings, StorageUnavailable, engine_kwargs, first_line
 
-_THREAD_LOCKS: dict[str, threading.Lock] = {}
+_THREAD_LOCKS: dict[tuple[str, str], threading.Lock] = {}
 _POLL_S = 0.02
 _RECONNECT_S = 0.5
 
@@ -92,10 +95,10 @@ class StorageLock:
             return self._try_postgres()
         path = self.settings.sqlite_path
         if path is None:
-            return _THREAD_LOCKS.setdefault(self.settings.url, threading.Lock()).acquire(
-                blocking=False
-            )
-        return self._try_file(path.with_name(path.name + ".hpo-lock"))
+            key = (self.settings.url, self.name)
+            return _THREAD_LOCKS.setdefault(key, threading.Lock()).acquire(blocking=False)
+        folder = path.with_name(path.name + ".hpo-locks")
+        return self._try_file(folder, f"{_key(self.name) & 0xFFFFFFFFFFFFFFFF:016x}")
 
     def _try_postgres(self) -> bool:
         if self._engine is None:
@@ -128,9 +131,17 @@ class StorageLock:
             return False
         return bool(acquired)
 
-    def _try_file(self, path: Path) -> bool:
+    def _try_file(self, folder: Path, name: str) -> bool:
         if self._file is None:
-            self._file = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                folder.mkdir(exist_ok=True)
+                self._file = os.open(folder / name, os.O_RDWR | os.O_CREAT, 0o644)
+            except OSError as error:
+                raise StorageUnavailable(
+                    f"cannot create the lock file {folder / name} beside the database "
+                    f"({error.strerror}); the database's directory must be writable",
+                    key="storage",
+                ) from None
         try:
             fcntl.flock(self._file, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -149,7 +160,7 @@ class StorageLock:
                     self._connection.invalidate()
                     self._connection = None
         elif self.settings.sqlite_path is None:
-            _THREAD_LOCKS[self.settings.url].release()
+            _THREAD_LOCKS[(self.settings.url, self.name)].release()
         elif self._file is not None:
             fcntl.flock(self._file, fcntl.LOCK_UN)
 

@@ -12,6 +12,7 @@ fail, or go stale because its worker died, and then it is retried here.
 
 from __future__ import annotations
 
+import copy
 import logging
 import threading
 import time
@@ -174,6 +175,7 @@ class Worker:
             settings, f"claim:{joined.study.study_name}", timeout=settings.patience, reuse=True
         )
         self._swept = False  # the first claim looks for dead workers' trials
+        self._sweep_locks: dict[int, StorageLock] = {}
 
     @property
     def study(self) -> optuna.Study:
@@ -191,6 +193,8 @@ class Worker:
             raise
         finally:
             self._claims.close()
+            for lock in self._sweep_locks.values():
+                lock.close()
 
     def _run_until_done(self, result: WorkerResult, deadline: float | None) -> WorkerResult:
         streak = 0
@@ -278,6 +282,11 @@ class Worker:
         Optuna does the stale part only when a worker starts a trial through Study.optimize; a
         resuming run must do it too, or the last dead worker's trial would stay RUNNING. Right
         after a storage outage nothing is judged for a grace period (see `Outages`).
+
+        Each dead trial's retry is created before the trial is failed, and only if it has
+        none, under the study's sweep lock: a sweeper killed between the two steps leaves a
+        trial still RUNNING (the next sweep fails it) rather than a failed trial without its
+        retry, which Optuna's `fail_stale_trials` can leave (fail first, retry after).
         """
         if OUTAGES.down:  # back now? (this raises if not)
             count_trials(self.joined.storage, self.joined.study_id)
@@ -285,29 +294,57 @@ class Worker:
         if not OUTAGES.settled(self.settings.grace_period):
             logger.debug("the storage is back from an outage: waiting for heartbeats")
             return
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            optuna.storages.fail_stale_trials(self.study)
         storage = self.joined.retrying
-        retry = storage.get_heartbeat_stale_trial_callback()
-        for trial_id in orphaned_trial_ids(
-            self.joined.storage, self.joined.study_id, self.settings.grace_period
-        ):
-            try:
-                if not storage.set_trial_state_values(trial_id, state=TrialState.FAIL):
-                    continue
-            except optuna.exceptions.UpdateFinishedTrialError:
-                continue
-            failed = storage.get_trial(trial_id)
-            logger.warning(
-                "trial %d recorded no heartbeat in the %d s since it started, so its worker is "
-                "presumed dead; failed it%s",
-                failed.number,
-                self.settings.grace_period,
-                " (it is retried once)" if retry is not None else "",
+        stale = set(storage._get_stale_trial_ids(self.joined.study_id))
+        orphaned = set(
+            orphaned_trial_ids(
+                self.joined.storage, self.joined.study_id, self.settings.grace_period
             )
-            if retry is not None:
-                retry(self.study, failed)
+        )
+        if not stale and not orphaned:
+            return
+        retry = storage.get_heartbeat_stale_trial_callback()
+        with self._sweep_lock():
+            retried = {
+                history[-1]
+                for t in self.study.get_trials(deepcopy=False)
+                if (history := t.system_attrs.get("retry_history"))
+            }
+            for trial_id in sorted(stale | orphaned):
+                trial = storage.get_trial(trial_id)
+                if trial.state != TrialState.RUNNING:
+                    continue  # another sweep was first
+                if retry is not None and trial.number not in retried:
+                    retry(self.study, copy.deepcopy(trial))
+                try:
+                    storage.set_trial_state_values(trial_id, state=TrialState.FAIL)
+                except optuna.exceptions.UpdateFinishedTrialError:
+                    continue
+                self._say_failed(trial, never_beat=trial_id in orphaned, retried=retry is not None)
+
+    def _say_failed(self, trial: FrozenTrial, *, never_beat: bool, retried: bool) -> None:
+        why = (
+            f"recorded no heartbeat in the {self.settings.grace_period} s since it started"
+            if never_beat
+            else f"sent no heartbeat for {self.settings.grace_period} s"
+        )
+        logger.warning(
+            "trial %d %s, so its worker is presumed dead; failed it%s",
+            trial.number,
+            why,
+            " (it is retried once)" if retried else "",
+        )
+
+    def _sweep_lock(self) -> StorageLock:
+        """This thread's handle on the study's sweep lock (the claims and the sweeper thread
+        each sweep; a lock handle belongs to one thread)."""
+        key = threading.get_ident()
+        if key not in self._sweep_locks:
+            name = f"sweep:{self.study.study_name}"
+            self._sweep_locks[key] = StorageLock(
+                self.settings, name, timeout=self.settings.patience, reuse=True
+            )
+        return self._sweep_locks[key]
 
     def _run_trial(self, trial: optuna.Trial, result: WorkerResult) -> None:
         # The heartbeat lasts until the storage knows how the trial ended: a `tell` that

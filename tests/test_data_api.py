@@ -14,6 +14,7 @@ EXPECTED = {
     "DataSplits",
     "Dataset",
     "DatasetError",
+    "check_split",
     "download_dataset",
     "load_dataset",
     "split_dataset",
