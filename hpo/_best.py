@@ -174,6 +174,18 @@ class HeldOutResult:
     source: str | None  # where the test split came from (see `DataSplits.test_source`)
 
 
+def require_test_split(spec: StudySpec, splits: DataSplits, *, command: str) -> None:
+    """Refuse, before anything trains, data without the test split `command` evaluates on."""
+    if not splits.has_test:
+        raise ConfigError(
+            f"{command} evaluates on the test split, but the data of study "
+            f"{spec.study.name!r} has none; studies keep one when [data] sets test_fraction "
+            "(e.g. 0.2), or n_samples smaller than the dataset (the rest is the test split), "
+            "or the dataset has an official test set",
+            source=str(spec.path) if spec.path else None,
+        )
+
+
 def retrain(spec: StudySpec, trial: FrozenTrial) -> Retrained:
     """Train `trial` again on the study's data with its recorded parameters and seed.
 
@@ -186,13 +198,7 @@ def retrain(spec: StudySpec, trial: FrozenTrial) -> Retrained:
     seed = trial_seed_of(trial)
     config = spec.space.suggest(optuna.trial.FixedTrial(dict(trial.params)), spec.base)
     splits = load_splits(spec.data, seed=spec.study.seed)
-    if not splits.has_test:
-        raise ConfigError(
-            f"the data of study {spec.study.name!r} has no test split to evaluate the best "
-            "trial on; studies keep one when [data] sets test_fraction, or n_samples smaller "
-            "than the dataset (the rest is the test split), or the dataset has an official "
-            "test set; run a new study with one"
-        )
+    require_test_split(spec, splits, command="hpo best --retrain")
     network, history = train_trial(splits, config, seed)
     metric = spec.study.metric
     return Retrained(trial, seed, metric, network, splits, getattr(history.final, metric))

@@ -9,6 +9,18 @@ EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, as a shell reports a command killed by 
 Commands = argparse._SubParsersAction
 
 
+def check_range(value: float, flag: str, low: float, high: float) -> None:
+    """A flag's number within [low, high], else one line naming the flag."""
+    if not low <= value <= high:
+        raise _config_error(f"must be from {low:,} to {high:,}, but got {value:,}", flag)
+
+
+def _config_error(message: str, key: str) -> Exception:
+    from ._errors import ConfigError
+
+    return ConfigError(message, key=key)
+
+
 def storage_flag(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--storage",

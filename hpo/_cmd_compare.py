@@ -5,16 +5,22 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ._cli_common import (
     EXIT_FAILURE,
     EXIT_INTERRUPTED,
     EXIT_OK,
     Commands,
+    check_range,
     storage_flag,
     tracking_flags,
     tracking_from,
 )
+
+if TYPE_CHECKING:
+    from ._compare import ComparePlan
+    from ._studyfile import StudySpec
 
 FIGURES = ("best_so_far_vs_trials.png", "best_so_far_vs_epochs.png", "final_values.png")
 
@@ -48,7 +54,11 @@ def _add_compare_parser(commands: Commands) -> None:
     )
     p.add_argument("--seeds", type=int, default=5, help="studies per arm (default 5)")
     p.add_argument("--n-trials", type=int, help="budget per study (default: the file's)")
-    p.add_argument("--workers", type=int, default=1, help="studies run at once (default 1)")
+    p.add_argument(
+        "--parallel", type=int, default=1, metavar="N", help="studies run at once (default 1)"
+    )
+    # `--workers` means worker processes per study in `hpo run`; here it was studies at once.
+    p.add_argument("--workers", type=int, help=argparse.SUPPRESS)
     p.add_argument("--out", type=Path, help="report directory (default reports/compare-NAME)")
     p.add_argument(
         "--noise-trainings",
@@ -85,20 +95,33 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     from ._compare_figures import best_so_far_vs_epochs, best_so_far_vs_trials, final_values
     from ._compare_stats import render, summarize
     from ._errors import ConfigError
+    from ._limits import MAX_SEEDS, MAX_WORKERS
+    from ._names import study_folder
     from ._storage import resolve_storage
     from ._studies import load_existing_study, stored_spec
     from ._studyfile import load_study_file
 
-    if args.workers < 1:
-        raise ConfigError(f"must be at least 1, but got {args.workers}", key="--workers")
+    if args.workers is not None:
+        raise ConfigError(
+            "is hpo run's flag (worker processes per study); the studies a comparison runs at "
+            f"once are --parallel: use --parallel {args.workers}",
+            key="--workers",
+        )
+    check_range(args.parallel, "--parallel", 1, MAX_WORKERS)
+    check_range(args.seeds, "--seeds", 1, MAX_SEEDS)
+    check_range(args.noise_trainings, "--noise-trainings", 0, 100)
+    check_range(args.audit, "--audit", 0, 1_000)
     spec = load_study_file(args.study_file)
+    spec.require_search()
     spec.require_training("hpo compare")
     comparison = plan(spec, Path(args.study_file), samplers=args.samplers,
                       pruners=args.pruners, seeds=args.seeds, n_trials=args.n_trials)  # fmt: skip
     settings = resolve_storage(args.storage)
     tracking = tracking_from(args)
+    if not args.report_only:
+        _check_before_training(spec, comparison)
     experiment = tracking.experiment or comparison.prefix
-    out = args.out or Path("reports") / comparison.prefix
+    out = args.out or study_folder(Path("reports"), comparison.prefix)
     jobs = comparison.jobs()
     arms = ", ".join(a.name for a in comparison.arms)
     print(
@@ -116,7 +139,7 @@ def _cmd_compare(args: argparse.Namespace) -> int:
             print(f"[{finished}/{total}] {outcome.job.study_name}: {status}", flush=True)
 
         try:
-            outcomes = run_jobs(comparison, settings, tracking, workers=args.workers,
+            outcomes = run_jobs(comparison, settings, tracking, workers=args.parallel,
                                 log_dir=out / "logs", on_done=done)  # fmt: skip
         except KeyboardInterrupt:
             print("interrupted: run the same command again to resume", file=sys.stderr)
@@ -190,6 +213,20 @@ def _cmd_compare(args: argparse.Namespace) -> int:
                   f"{str(error).splitlines()[0][:200]}", file=sys.stderr)  # fmt: skip
             return EXIT_FAILURE
     return EXIT_OK
+
+
+def _check_before_training(spec: StudySpec, comparison: ComparePlan) -> None:
+    """Everything the comparison needs that could fail after hours of training: the data
+    loads and keeps a test split (each arm's best is retrained and tested), and every study
+    it creates can take its name."""
+    from ._best import require_test_split
+    from ._data import load_splits
+    from ._names import check_new_study_name
+
+    for job in comparison.jobs():
+        check_new_study_name(job.study_name)
+    splits = load_splits(spec.data, seed=spec.study.seed)
+    require_test_split(spec, splits, command="hpo compare")
 
 
 def add_parsers(commands: Commands) -> None:

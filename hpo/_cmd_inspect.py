@@ -41,7 +41,7 @@ def _cmd_status(args: argparse.Namespace) -> int:
         for line in best_lines(study, metric, n=5):
             print(f"  {line}")
         return EXIT_OK
-    storage = open_storage(settings, heartbeat=False)
+    storage = open_storage(settings, heartbeat=False, create=False)
     summaries = optuna.get_all_study_summaries(storage, include_best_trial=False)
     if not summaries:
         print(f"no studies in {settings.redacted()}")

@@ -7,6 +7,7 @@ import argparse
 from ._cli_common import (
     EXIT_OK,
     Commands,
+    check_range,
     storage_flag,
     tracking_flags,
     tracking_from,
@@ -42,6 +43,7 @@ def _cmd_sync(args: argparse.Namespace) -> int:
     from ._studies import load_existing_study, stored_spec
     from ._tracking import ensure_parent_run, make_client
 
+    check_range(args.settle, "--settle", 0, 86_400)
     settings, tracking = resolve_storage(args.storage), tracking_from(args)
     study = load_existing_study(settings, args.name)
     spec = stored_spec(study)

@@ -11,6 +11,7 @@ from ._cli_common import (
     EXIT_FAILURE,
     EXIT_OK,
     Commands,
+    check_range,
     storage_flag,
     tracking_flags,
     tracking_from,
@@ -55,14 +56,16 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
     matplotlib.use("Agg")  # files only, never a window; before anything imports pyplot
 
+    from ._names import study_folder
     from ._storage import resolve_storage
     from ._studies import load_existing_study, stored_spec
     from ._study_report import write_report
 
+    check_range(args.top, "--top", 1, 100)
     settings, tracking = resolve_storage(args.storage), tracking_from(args)
     study = load_existing_study(settings, args.name)
     spec = stored_spec(study)
-    out = args.out if args.out is not None else Path("reports") / args.name
+    out = args.out if args.out is not None else study_folder(Path("reports"), args.name)
     report = write_report(study, spec, out, top=args.top)
 
     print(f"{args.name}: report in {out}")

@@ -13,6 +13,7 @@ from ._cli_common import (
     EXIT_FAILURE,
     EXIT_OK,
     Commands,
+    check_range,
     storage_flag,
     tracking_flags,
     tracking_from,
@@ -49,6 +50,12 @@ def _add_run_parser(commands: Commands) -> None:
         default=1,
         help="worker processes on this machine, one BLAS thread each (default 1)",
     )
+    p.add_argument(
+        "--data-dir",
+        metavar="DIR",
+        help="directory of the IDX files (default: $HPO_DATA_DIR/<dataset>, else the file's "
+        "data_dir, else ~/.cache/hpo/<dataset>)",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     tracking_flags(p)
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
@@ -58,7 +65,10 @@ def _add_run_parser(commands: Commands) -> None:
 def _overrides(args: argparse.Namespace) -> list[str]:
     """The override flags of `hpo run`, to hand to its worker processes."""
     flags = []
-    for name in ("study_name", "sampler", "pruner", "n_trials", "seed", "timeout", "experiment"):
+    for name in (
+        "study_name", "sampler", "pruner", "n_trials", "seed", "timeout", "experiment",
+        "data_dir",
+    ):  # fmt: skip
         value = getattr(args, name)
         if value is not None:
             flags += [f"--{name.replace('_', '-')}", str(value)]
@@ -69,6 +79,7 @@ def _overrides(args: argparse.Namespace) -> list[str]:
 
 def _cmd_run(args: argparse.Namespace) -> int:
     from ._errors import ConfigError
+    from ._limits import MAX_WORKERS
     from ._signals import stop_on_signals
     from ._storage import resolve_storage
     from ._studyfile import load_study_file
@@ -76,6 +87,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     stop_on_signals()
     if args.workers < 1:
         raise ConfigError(f"must be at least 1, but got {args.workers}", key="--workers")
+    check_range(args.workers, "--workers", 1, MAX_WORKERS)
     spec = load_study_file(args.study_file).with_overrides(
         study_name=args.study_name,
         sampler=args.sampler,
@@ -84,6 +96,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
         seed=args.seed,
         timeout=args.timeout,
     )
+    if args.data_dir is not None:
+        spec = spec.with_data_dir(args.data_dir)
+    spec.require_search()
     settings = resolve_storage(args.storage)
     tracking = tracking_from(args)
     if args.worker:  # one of `hpo run --workers N`'s processes

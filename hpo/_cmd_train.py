@@ -8,6 +8,7 @@ import time
 from ._cli_common import (
     EXIT_OK,
     Commands,
+    check_range,
 )
 
 
@@ -55,8 +56,12 @@ def _add_train_parser(commands: Commands) -> None:
     data.add_argument("--val-fraction", type=float, default=0.2)
 
     model = p.add_argument_group("network")
+    # Each flag is spelled as its study-file key (hidden_size_list: --hidden-size-list); the
+    # short spellings of earlier versions still work.
     model.add_argument(
+        "--hidden-size-list",
         "--hidden",
+        dest="hidden",
         type=_csv_ints,
         default=[100, 100],
         metavar="N,N,...",
@@ -64,14 +69,25 @@ def _add_train_parser(commands: Commands) -> None:
     )
     model.add_argument("--activation", default="relu", help="relu, sigmoid or tanh")
     model.add_argument(
+        "--weight-init-std",
         "--weight-init",
+        dest="weight_init",
         type=_weight_init,
         default="he",
         help="he, xavier, or a standard deviation such as 0.01",
     )
-    model.add_argument("--batchnorm", action="store_true", help="batch normalization")
-    model.add_argument("--dropout", type=float, default=0.0, help="dropout ratio (0: off)")
-    model.add_argument("--weight-decay", type=float, default=0.0, help="L2 weight decay λ")
+    model.add_argument(
+        "--use-batchnorm", "--batchnorm", dest="batchnorm", action="store_true",
+        help="batch normalization",
+    )  # fmt: skip
+    model.add_argument(
+        "--dropout-ratio", "--dropout", dest="dropout", type=float, default=0.0,
+        help="dropout ratio (0: off)",
+    )  # fmt: skip
+    model.add_argument(
+        "--weight-decay-lambda", "--weight-decay", dest="weight_decay", type=float,
+        default=0.0, help="L2 weight decay λ",
+    )  # fmt: skip
     model.add_argument("--dtype", default="float32", help="float32 or float64")
 
     fit = p.add_argument_group("training")
@@ -94,8 +110,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
     from ._config import DataConfig, TrainConfig
     from ._data import load_splits
+    from ._limits import MAX_SEED
     from ._objective import train_trial
 
+    check_range(args.seed, "--seed", 0, MAX_SEED)
     data = DataConfig(
         dataset=args.dataset,
         data_dir=args.data_dir,
@@ -169,6 +187,7 @@ def _cmd_download(args: argparse.Namespace) -> int:
 
     from ._data import default_data_dir
 
+    check_range(args.timeout, "--timeout", 0.1, 3600)
     target = args.data_dir or default_data_dir(args.dataset)
     files = ["t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"] if args.test_only else None
     path = download_dataset(

@@ -9,6 +9,7 @@ loaded or any trial runs.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import math
 from dataclasses import dataclass, field
 from typing import Any
@@ -17,11 +18,14 @@ from trainer import OPTIMIZERS, MultiLayerNet, Optimizer, make_optimizer, valida
 from trainer.data import DATASETS
 
 from ._errors import ConfigError
+from ._limits import MAX_EPOCHS, MAX_LAYERS, MAX_SAMPLES, MAX_WIDTH
 
 
-def _positive_int(key: str, value: Any) -> int:
+def _positive_int(key: str, value: Any, *, most: int | None = None) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ConfigError(f"must be a positive integer, but got {value!r}", key=key)
+    if most is not None and value > most:
+        raise ConfigError(f"must be at most {most:,}, but got {value!r}", key=key)
     return value
 
 
@@ -53,7 +57,7 @@ class DataConfig:
         if self.dataset == "npz" and not self.path:
             raise ConfigError("the npz dataset needs `path` to its .npz file", key="path")
         if self.n_samples is not None:
-            _positive_int("n_samples", self.n_samples)
+            _positive_int("n_samples", self.n_samples, most=MAX_SAMPLES)
         if self.subset not in ("first", "random"):
             raise ConfigError(
                 f"must be 'first' or 'random', but got {self.subset!r}", key="subset"
@@ -87,6 +91,7 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if isinstance(self.hidden_size_list, list):
             object.__setattr__(self, "hidden_size_list", tuple(self.hidden_size_list))
+        _check_hidden_sizes(self.hidden_size_list)
         try:
             validate_architecture(**self.architecture())
         except ValueError as error:
@@ -102,7 +107,7 @@ class TrainConfig:
             self.build_optimizer()
         except ValueError as error:
             raise ConfigError(str(error)) from None
-        _positive_int("epochs", self.epochs)
+        _positive_int("epochs", self.epochs, most=MAX_EPOCHS)
         _positive_int("batch_size", self.batch_size)
 
     def architecture(self) -> dict[str, Any]:
@@ -148,6 +153,29 @@ class TrainConfig:
             f"hidden [{sizes}], {', '.join(extras)}; {self.optimizer}({hyper}); "
             f"{self.epochs} epochs of batch {self.batch_size}"
         )
+
+
+def _check_hidden_sizes(sizes: Any) -> None:
+    """Bounded before anything is built from them (the trainer checks the rest)."""
+    if not isinstance(sizes, tuple):
+        return
+    if len(sizes) > MAX_LAYERS:
+        raise ConfigError(
+            f"must have at most {MAX_LAYERS} hidden layers, but got {len(sizes):,}",
+            key="hidden_size_list",
+        )
+    for size in sizes:
+        if isinstance(size, int) and not isinstance(size, bool) and size > MAX_WIDTH:
+            raise ConfigError(
+                f"a hidden layer must have at most {MAX_WIDTH:,} units, but got {size:,}",
+                key="hidden_size_list",
+            )
+
+
+def parameter_count(hidden_size_list: tuple[int, ...], n_inputs: int, n_classes: int) -> int:
+    """The weights and biases of a network of these sizes (batch norm adds two per unit)."""
+    sizes = (n_inputs, *hidden_size_list, n_classes)
+    return sum((a + 3) * b for a, b in itertools.pairwise(sizes))
 
 
 def _short(value: float) -> str:

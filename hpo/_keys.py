@@ -10,12 +10,14 @@ from __future__ import annotations
 import datetime
 import json
 import math
+import sys
 from typing import Any
 
 from trainer import OPTIMIZERS
 
 from ._config import TrainConfig
 from ._errors import ConfigError
+from ._limits import MAX_LAYERS, MAX_WIDTH
 
 SECTIONS: tuple[str, ...] = (
     "study", "data", "model", "train", "paths", "activations", "search", "sampler", "pruner",
@@ -155,7 +157,9 @@ def is_int(value: Any) -> bool:
 
 
 def is_number(value: Any) -> bool:
-    return (is_int(value) or isinstance(value, float)) and math.isfinite(value)
+    if is_int(value):  # math.isfinite would overflow on an integer past a float's range
+        return abs(value) <= sys.float_info.max
+    return isinstance(value, float) and math.isfinite(value)
 
 
 def has_kind(value: Any, kind: str) -> bool:
@@ -211,6 +215,9 @@ def setting_error(name: str, value: Any) -> str | None:
     if name in VIRTUAL_KEYS:
         if not is_int(value) or value < 1:
             return f"must be a positive integer, but got {toml_repr(value)}"
+        most = MAX_LAYERS if name == "n_hidden_layers" else MAX_WIDTH
+        if value > most:
+            return f"must be at most {most:,}, but got {toml_repr(value)}"
         changes: dict[str, Any] = {
             "hidden_size_list": (value,) if name == "hidden_size" else (100,) * value
         }

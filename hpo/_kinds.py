@@ -159,9 +159,10 @@ class PathsSettings:
                 f"must be a point [x, y], but got {toml_repr(start)}", key="paths.start"
             )
         object.__setattr__(self, "start", (float(start[0]), float(start[1])))
-        if not is_int(self.steps) or self.steps < 1:
+        if not is_int(self.steps) or not 1 <= self.steps <= 10_000:
             raise ConfigError(
-                f"must be a positive integer (updates), but got {toml_repr(self.steps)}",
+                f"must be an integer from 1 to 10,000 (updates; the book makes 30), but got "
+                f"{toml_repr(self.steps)}",
                 key="paths.steps",
             )
 
@@ -205,11 +206,13 @@ class ActivationSettings:
     bins: int = 30
 
     def __post_init__(self) -> None:
-        for name, low in (("n_inputs", 1), ("input_dim", 1), ("bins", 2)):
+        # The book: 1000 inputs of 100 features, 30 bins.
+        for name, low, high in (("n_inputs", 1, 100_000), ("input_dim", 1, 10_000),
+                                ("bins", 2, 1_000)):  # fmt: skip
             value = getattr(self, name)
-            if not is_int(value) or value < low:
+            if not is_int(value) or not low <= value <= high:
                 raise ConfigError(
-                    f"must be an integer >= {low}, but got {toml_repr(value)}",
+                    f"must be an integer from {low} to {high:,}, but got {toml_repr(value)}",
                     key=f"activations.{name}",
                 )
 

@@ -30,12 +30,15 @@ class Option:
     minimum: int | None = None
     choices: tuple[str, ...] = ()
     help: str = ""
+    maximum: int | None = None  # where memory or time grows with the value
 
     def allowed(self) -> str:
         if self.choices:
             return "one of " + ", ".join(toml_repr(c) for c in self.choices)
         if self.kind == "bool":
             return "true or false"
+        if self.minimum is not None and self.maximum is not None:
+            return f"an integer from {self.minimum} to {self.maximum:,}"
         return "an integer" + (f" >= {self.minimum}" if self.minimum is not None else "")
 
     def describe(self) -> str:
@@ -48,6 +51,8 @@ class Option:
         if not has_kind(value, self.kind):
             return False
         if self.choices and value not in self.choices:
+            return False
+        if self.maximum is not None and value > self.maximum:
             return False
         return self.minimum is None or value >= self.minimum
 

@@ -54,7 +54,12 @@ def _rungs(min_resource: int, reduction_factor: int, rate: int, epochs: int) -> 
     # step < min_resource * reduction_factor ** (min_early_stopping_rate + rung), and records
     # rung `rung` at the first reported step at or above it: with every epoch reported, that is
     # the rung step itself.
-    steps, step = set(), min_resource * reduction_factor**rate
+    step = min_resource
+    for _ in range(rate):  # not reduction_factor ** rate, which a huge rate makes endless
+        step *= reduction_factor
+        if step > epochs:
+            return set()
+    steps = set()
     while step <= epochs:
         steps.add(step)
         step *= reduction_factor
@@ -182,11 +187,15 @@ class PrunerSpec:
         spec = PrunerSpec(self.name, options)
         entry = PRUNERS[self.name]
         if entry.first_key and not spec.decision_epochs(epochs):
+            key = entry.first_key
+            if options.get("min_early_stopping_rate") and PrunerSpec(
+                self.name, {**options, "min_early_stopping_rate": 0}
+            ).decision_epochs(epochs):
+                key = "min_early_stopping_rate"  # the rate puts the first rung too late
             raise ConfigError(
                 f"pruner {self.name!r} can never prune within {epochs} epochs with "
-                f"{entry.first_key} = {options[entry.first_key]}; lower it, or set "
-                'name = "none"',
-                key=f"pruner.{entry.first_key}",
+                f'{key} = {options[key]}; lower it, or set name = "none"',
+                key=f"pruner.{key}",
             )
         return spec
 

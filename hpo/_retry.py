@@ -13,6 +13,7 @@ SQLAlchemy error it wraps (`__cause__`) tells whether the connection was at faul
 from __future__ import annotations
 
 import abc
+import errno
 import logging
 import math
 import sqlite3
@@ -106,6 +107,20 @@ def is_transient(error: BaseException) -> bool:
     if isinstance(original, sqlite3.OperationalError):
         return "locked" in str(original) or "busy" in str(original)
     return True  # psycopg gives no SQLSTATE when the connection itself failed
+
+
+def is_disk_full(error: BaseException) -> bool:
+    """True when the storage (or a file being written) ran out of space: the user's to fix."""
+    if isinstance(error, optuna.exceptions.StorageInternalError) and error.__cause__ is not None:
+        error = error.__cause__
+    if isinstance(error, OSError):
+        return error.errno == errno.ENOSPC
+    if not isinstance(error, DBAPIError):
+        return False
+    original = error.orig
+    if getattr(original, "sqlstate", None) == "53100":  # PostgreSQL's disk_full
+        return True
+    return isinstance(original, sqlite3.OperationalError) and "disk is full" in str(original)
 
 
 class Backoff:

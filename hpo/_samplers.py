@@ -141,7 +141,9 @@ SAMPLERS: dict[str, SamplerEntry] = {
             "group": Option(
                 "bool", False, help="one joint model per set of parameters sampled together"
             ),
-            "n_ei_candidates": Option("int", 24, minimum=1, help="candidates per suggestion"),
+            "n_ei_candidates": Option(
+                "int", 24, minimum=1, maximum=10_000, help="candidates per suggestion"
+            ),
         },
         _tpe,
         check=_check_tpe,
@@ -157,7 +159,9 @@ SAMPLERS: dict[str, SamplerEntry] = {
     "cmaes": SamplerEntry(
         {
             "n_startup_trials": Option("int", 1, minimum=0, help=_STARTUP),
-            "popsize": Option("int", None, minimum=1, help="population size (unset: CMA's)"),
+            "popsize": Option(
+                "int", None, minimum=1, maximum=1_000, help="population size (unset: CMA's)"
+            ),
             "consider_pruned_trials": Option("bool", False),
             "use_separable_cma": Option("bool", False),
             "with_margin": Option("bool", False, help="for integer and discrete parameters"),

@@ -9,6 +9,7 @@ names study files, Optuna and MLflow all use. Two names are not `TrainConfig` fi
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -17,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 from ._config import TrainConfig
 from ._errors import ConfigError
 from ._keys import VIRTUAL_KEYS, is_int, is_number, toml_repr
+from ._limits import MAX_CHOICES, MAX_GRID
 
 if TYPE_CHECKING:
     from optuna.distributions import BaseDistribution
@@ -89,6 +91,11 @@ class ParamSpec:
                 'a categorical needs a non-empty list of choices, e.g. choices = ["sgd", "adam"]',
                 key=f"{key}.choices",
             )
+        if len(self.choices) > MAX_CHOICES:
+            raise ConfigError(
+                f"must have at most {MAX_CHOICES:,} choices, but got {len(self.choices):,}",
+                key=f"{key}.choices",
+            )
         for i, choice in enumerate(self.choices):
             if not (isinstance(choice, str | bool) or is_number(choice)):
                 raise ConfigError(
@@ -114,6 +121,11 @@ class ParamSpec:
             if not number(value):
                 raise ConfigError(
                     f"must be {kind}, but got {toml_repr(value)}", key=f"{key}.{name}"
+                )
+            if self.type == "int" and abs(value) > 2**53:  # Optuna stores it as a float
+                raise ConfigError(
+                    f"must be at most 2**53 in size, but got {toml_repr(value)}",
+                    key=f"{key}.{name}",
                 )
         if self.low >= self.high:
             raise ConfigError(
@@ -301,7 +313,15 @@ class SearchSpace:
                     "combinations without it, or use another sampler",
                     key=f"search.{param.name}.when",
                 )
-        return {p.name: list(p.choices or ()) for p in self.params}
+        grid = {p.name: list(p.choices or ()) for p in self.params}
+        size = math.prod(len(choices) for choices in grid.values())
+        if size > MAX_GRID:
+            raise ConfigError(
+                f"the grid has {size:,} combinations; sampler 'grid' runs at most "
+                f"{MAX_GRID:,}: search fewer choices, or use another sampler",
+                key="sampler.name",
+            )
+        return grid
 
     def distributions(self) -> dict[str, BaseDistribution]:
         """Every parameter's distribution, conditional ones included."""

@@ -170,14 +170,19 @@ def _tune_sqlite(engine: sqlalchemy.Engine) -> None:
 
 
 def open_storage(
-    settings: StorageSettings, *, heartbeat: bool = True
+    settings: StorageSettings, *, heartbeat: bool = True, create: bool = True
 ) -> optuna.storages.RDBStorage:
     """The Optuna storage for `settings`, its schema created if the database is new.
+
+    `create=False`, for commands that only read: a database that does not exist, or holds
+    no studies, is an error instead of being created (a mistyped --storage creates nothing).
 
     With `heartbeat`, running trials send a heartbeat and a trial whose worker died is failed
     and retried once, with the same parameters (and, through its copied user attributes, the
     same seed).
     """
+    if not create:
+        _require_studies(settings)
     kwargs: dict[str, Any] = {}
     if heartbeat:
         with warnings.catch_warnings():
@@ -202,6 +207,32 @@ def open_storage(
     if settings.backend == "sqlite":
         _tune_sqlite(storage.engine)
     return storage
+
+
+def _require_studies(settings: StorageSettings) -> None:
+    path = settings.sqlite_path
+    if path is not None and not path.is_file():
+        raise StorageUnavailable(
+            f"{settings.redacted()}: there is no database at {path}; this command reads "
+            "studies and creates no database (check --storage, or $HPO_STORAGE)",
+            key="storage",
+        )
+    kwargs = {k: v for k, v in engine_kwargs(settings).items() if k in ("connect_args",)}
+    engine = sqlalchemy.create_engine(settings.url, poolclass=sqlalchemy.pool.NullPool, **kwargs)
+    try:
+        tables = sqlalchemy.inspect(engine).get_table_names()
+    except (OperationalError, NoSuchModuleError) as error:
+        raise StorageUnavailable(
+            f"cannot open {settings.redacted()}: {first_line(error)}", key="storage"
+        ) from None
+    finally:
+        engine.dispose()
+    if "studies" not in tables:
+        raise StorageUnavailable(
+            f"{settings.redacted()} holds no studies (no Optuna tables); this command reads "
+            "studies and creates none (check --storage, or $HPO_STORAGE)",
+            key="storage",
+        )
 
 
 def first_line(error: BaseException) -> str:

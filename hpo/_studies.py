@@ -24,6 +24,7 @@ from optuna.storages._cached_storage import _CachedStorage
 from ._batched import BatchedTrialStorage
 from ._errors import ConfigError
 from ._locks import StorageLock
+from ._names import check_new_study_name
 from ._retry import RetryingStorage
 from ._seeds import derive_seed, name_key
 from ._storage import StorageSettings, open_storage
@@ -107,6 +108,7 @@ def prepare_study(settings: StorageSettings, spec: StudySpec) -> bool:
             try:
                 study_id = storage.get_study_id_from_name(name)
             except KeyError:
+                check_new_study_name(name)
                 _create(storage, spec)
                 return True
             stored = storage.get_study_user_attrs(study_id).get(FINGERPRINT_ATTR)
@@ -201,8 +203,10 @@ def join_study(
 
 
 def load_existing_study(settings: StorageSettings, name: str) -> optuna.Study:
-    """A study for reading (status, export, replay); a missing name lists the ones there are."""
-    storage = open_storage(settings, heartbeat=False)
+    """A study for reading (status, export, replay); a missing name lists the ones there are.
+
+    Creates nothing: a storage without studies is an error."""
+    storage = open_storage(settings, heartbeat=False, create=False)
     try:
         return optuna.load_study(study_name=name, storage=storage)
     except KeyError:

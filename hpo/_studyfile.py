@@ -47,6 +47,7 @@ from ._kinds import (
     default_metric,
     probe_settings,
 )
+from ._limits import MAX_SEED, MAX_TIMEOUT_S, MAX_TRIALS
 from ._samplers import PRUNERS, SAMPLERS, PrunerSpec, SamplerSpec
 from ._searchfile import hidden_sizes, parse_search
 from ._space import ParamSpec, SearchSpace, same_value
@@ -94,22 +95,24 @@ class StudySettings:
                 "metric) or make it agree",
                 key="study.direction",
             )
-        if not is_int(self.n_trials) or self.n_trials < 1:
+        if not is_int(self.n_trials) or not 1 <= self.n_trials <= MAX_TRIALS:
             raise ConfigError(
-                "must be a positive integer (finished trials, complete or pruned), but got "
-                f"{toml_repr(self.n_trials)}",
+                f"must be an integer from 1 to {MAX_TRIALS:,} (finished trials, complete or "
+                f"pruned), but got {toml_repr(self.n_trials)}",
                 key="study.n_trials",
             )
         if self.timeout is not None:
-            if not is_number(self.timeout) or self.timeout <= 0:
+            if not is_number(self.timeout) or not 0 < self.timeout <= MAX_TIMEOUT_S:
                 raise ConfigError(
-                    f"must be a number of seconds > 0, but got {toml_repr(self.timeout)}",
+                    f"must be a number of seconds > 0 and at most {MAX_TIMEOUT_S:,}, but got "
+                    f"{toml_repr(self.timeout)}",
                     key="study.timeout",
                 )
             object.__setattr__(self, "timeout", float(self.timeout))
-        if not is_int(self.seed) or self.seed < 0:
+        if not is_int(self.seed) or not 0 <= self.seed <= MAX_SEED:
             raise ConfigError(
-                f"must be an integer >= 0, but got {toml_repr(self.seed)}", key="study.seed"
+                f"must be an integer from 0 to 2**63 - 1, but got {toml_repr(self.seed)}",
+                key="study.seed",
             )
 
 
@@ -130,12 +133,13 @@ class EnqueuedTrial:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "params", MappingProxyType(dict(self.params)))
-        if not is_int(self.seed) or self.seed < 0:
+        if not is_int(self.seed) or not 0 <= self.seed <= MAX_SEED:
             raise ConfigError(
-                f"must be an integer >= 0, but got {toml_repr(self.seed)}", key="enqueue.seed"
+                f"must be an integer from 0 to 2**63 - 1, but got {toml_repr(self.seed)}",
+                key="enqueue.seed",
             )
         if self.parent_trial is not None and (
-            not is_int(self.parent_trial) or self.parent_trial < 0
+            not is_int(self.parent_trial) or not 0 <= self.parent_trial < 2**31
         ):
             raise ConfigError(
                 f"must be a trial number (an integer >= 0), but got "
@@ -199,6 +203,28 @@ class StudySpec:
                 f"{self.study.name!r} is of kind = {toml_repr(self.study.kind)}: its trials "
                 "train nothing; hpo run, status, export and report work on it"
             )
+
+    def require_search(self) -> None:
+        """Refuse to run a study that searches nothing (an empty file parses to defaults)."""
+        if not self.space.params:
+            raise ConfigError(
+                "the study searches nothing: add a [search.<setting>] table for each setting "
+                'to tune, e.g. [search.lr] with type = "float", low = 1e-4, high = 1e-1, '
+                "log = true (studies/README.md lists the settings)",
+                key="search",
+                source=str(self.path) if self.path else None,
+            )
+
+    def with_data_dir(self, data_dir: str) -> StudySpec:
+        """This spec reading its IDX files from `data_dir` (`hpo run --data-dir`)."""
+        if self.data.dataset not in IDX_DATASETS:
+            raise ConfigError(
+                f"--data-dir is for the IDX datasets ({', '.join(IDX_DATASETS)}), but this "
+                f"study's dataset is {toml_repr(self.data.dataset)}",
+                key="--data-dir",
+            )
+        data = dataclasses.replace(self.data, data_dir=str(Path(data_dir).expanduser()))
+        return dataclasses.replace(self, data=data)
 
     def with_overrides(
         self,
@@ -269,7 +295,7 @@ def load_study_file(
         raise ConfigError(f"cannot read the study file: {error}", source=source) from None
     try:
         document = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as error:
+    except ValueError as error:  # TOMLDecodeError, or an integer of over 4,300 digits
         raise ConfigError(f"invalid TOML: {error}", source=source) from None
     absolute = Path(os.path.abspath(path))
     spec = parse_study(

@@ -13,6 +13,7 @@ import logging
 import os
 import sys
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from . import (
     __version__,
@@ -27,6 +28,9 @@ from . import (
     _cmd_train,
 )
 from ._cli_common import EXIT_BROKEN_PIPE, EXIT_FAILURE, EXIT_USAGE
+
+if TYPE_CHECKING:
+    from trainer.data import DatasetError
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -63,12 +67,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     from trainer.data import DatasetError
 
     from ._errors import ConfigError
-    from ._retry import StorageUnreachable, describe_error, is_transient
+    from ._retry import StorageUnreachable, describe_error, is_disk_full, is_transient
 
     try:
         return args.handler(args)
-    except (ConfigError, DatasetError) as error:
+    except ConfigError as error:
         print(f"hpo {args.command}: error: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    except DatasetError as error:
+        print(f"hpo {args.command}: error: {_in_cli_terms(error)}", file=sys.stderr)
         return EXIT_USAGE
     except StorageUnreachable as error:
         print(f"hpo {args.command}: {error}", file=sys.stderr)
@@ -88,6 +95,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return EXIT_BROKEN_PIPE
     except Exception as error:
+        if is_disk_full(error):
+            print(
+                f"hpo {args.command}: error: out of disk space ({describe_error(error)}); free "
+                "some, then run the same command again: a trial this left running is failed "
+                "and retried once its grace period has passed",
+                file=sys.stderr,
+            )
+            return EXIT_USAGE
         if not is_transient(error):
             raise
         # A storage that went away where nothing waits for it (a read after the run, say).
@@ -97,6 +112,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
         return EXIT_FAILURE
+
+
+def _in_cli_terms(error: DatasetError) -> str:
+    """A data error's fix said with this command line's commands and flags."""
+    if error.remedy == "download":
+        dataset = error.dataset or "mnist"
+        return f"{error.problem} Run `hpo download {dataset}` to fetch them."
+    if error.remedy == "mirror":
+        return f"{error.problem} Pass another --base-url to `hpo download`."
+    return str(error)
 
 
 if __name__ == "__main__":

@@ -314,6 +314,7 @@ def test_retrain_refuses_data_without_a_test_split(tiny_study_file, tmp_path, ca
     storage = f"sqlite:///{tmp_path / 'studies.db'}"
     _run_study(study_file, storage, tmp_path, "--no-mlflow")
     err = _error(capsys, "best", "tiny", "--storage", storage, "--no-mlflow", "--retrain")
-    assert err.startswith("hpo best: error: the data of study 'tiny' has no test split")
+    assert err.startswith("hpo best: error: hpo best --retrain evaluates on the test split, but "
+                          "the data of study 'tiny' has none")  # fmt: skip
     assert "test_fraction" in err
     assert "n_samples smaller than the dataset" in err

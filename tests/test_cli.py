@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import optuna
 import pytest
 
 from hpo.cli import main
@@ -132,6 +133,7 @@ def test_console_script_runs_in_a_fresh_process(tmp_path):
 
 def test_a_reader_that_goes_away_ends_the_command_quietly(tmp_path):
     """`hpo status | head -1`: the pipe closes before hpo writes; no traceback, status 141."""
+    optuna.storages.RDBStorage(f"sqlite:///{tmp_path / 'empty.db'}")  # tables, no study
     read_end, write_end = os.pipe()
     os.close(read_end)  # closed before hpo has even started
     try:

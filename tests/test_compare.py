@@ -105,7 +105,7 @@ def _table(report: str, heading: str) -> dict[str, list[str]]:
 
 
 def test_every_number_in_the_report_comes_from_results_csv(compare_file, tmp_path):
-    done = _compare(compare_file, tmp_path, "--workers", "2")
+    done = _compare(compare_file, tmp_path, "--parallel", "2")
     assert done.returncode == 0, done.stderr
     out = tmp_path / "report"
     for name in (
@@ -346,8 +346,10 @@ def test_report_is_logged_to_a_comparison_run(compare_file, tmp_path, tracking_u
     [
         (["--samplers", "random,bayes"], "--samplers: must be among"),
         (["--pruners", "median,sometimes"], "--pruners: must be among"),
-        (["--seeds", "0"], "--seeds: must be at least 1"),
-        (["--workers", "0"], "--workers: must be at least 1"),
+        (["--seeds", "0"], "--seeds: must be from 1 to 100, but got 0"),
+        (["--parallel", "0"], "--parallel: must be from 1 to 256, but got 0"),
+        (["--workers", "2"], "--workers: is hpo run's flag"),
+        (["--noise-trainings", "-1"], "--noise-trainings: must be from 0 to 100"),
     ],
 )
 def test_compare_mistakes_exit_2_with_one_line(compare_file, tmp_path, args, message):

@@ -425,7 +425,7 @@ ENQUEUE_MISTAKES = {
     "negative seed": (
         "[[enqueue]]\nparams = {}\nseed = -1",
         "enqueue[0].seed",
-        "must be an integer >= 0, but got -1",
+        "must be an integer from 0 to 2**63 - 1, but got -1",
     ),
     "negative parent trial": (
         "[[enqueue]]\nparams = {}\nseed = 1\nparent_trial = -2",

@@ -107,7 +107,7 @@ def test_every_declared_option_is_an_argument_of_the_factory():
         ("tpe", {"seed": 1}, "sampler.seed", "comes from `seed` in [study]"),
         ("qmc", {"qmc_type": "latin"}, "sampler.qmc_type", 'one of "sobol", "halton"'),
         ("cmaes", {"lr_adapt": True, "with_margin": True}, "sampler.lr_adapt", "cannot be"),
-        ("cmaes", {"popsize": 0}, "sampler.popsize", "an integer >= 1"),
+        ("cmaes", {"popsize": 0}, "sampler.popsize", "an integer from 1 to 1,000"),
     ],
 )
 def test_bad_sampler_settings_say_what_is_allowed(name, options, key, fragment):

@@ -192,8 +192,8 @@ def test_overrides_keep_the_files_options_only_for_the_same_name():
     [
         ({"sampler": "bayes"}, "sampler.name", "choose one of random, tpe"),
         ({"pruner": "asha"}, "pruner.name", "choose one of none, median"),
-        ({"n_trials": 0}, "study.n_trials", "positive integer"),
-        ({"seed": -1}, "study.seed", "integer >= 0"),
+        ({"n_trials": 0}, "study.n_trials", "an integer from 1 to 1,000,000"),
+        ({"seed": -1}, "study.seed", "an integer from 0 to 2**63 - 1"),
         ({"timeout": -5}, "study.timeout", "> 0"),
         ({"study_name": ""}, "study.name", "non-empty"),
     ],
@@ -234,9 +234,9 @@ MISTAKES = {
     "bool for int": ("[study]\nseed = false", "study.seed", "an integer, but got false"),
     "nan": ("[train]\nlr = nan", "train.lr", "finite number"),
     "list for number": ("[model]\ndropout_ratio = [0.1]", "model.dropout_ratio", "a list"),
-    "n_trials < 1": ("[study]\nn_trials = 0", "study.n_trials", "positive integer"),
+    "n_trials < 1": ("[study]\nn_trials = 0", "study.n_trials", "an integer from 1 to 1,000,000"),
     "timeout <= 0": ("[study]\ntimeout = 0", "study.timeout", "seconds > 0"),
-    "seed < 0": ("[study]\nseed = -1", "study.seed", "integer >= 0"),
+    "seed < 0": ("[study]\nseed = -1", "study.seed", "an integer from 0 to 2**63 - 1"),
     "val_fraction": ("[data]\nval_fraction = 1.5", "data.val_fraction", "in (0, 1), but got 1.5"),
     "dataset": ('[data]\ndataset = "cifar"', "data.dataset", "must be one of ['digits'"),
     "npz without path": ('[data]\ndataset = "npz"', "data.path", "needs `path`"),
@@ -575,7 +575,7 @@ KIND_MISTAKES = {
     "no steps": (
         _paths(paths="steps = 0"),
         "paths.steps",
-        "positive integer (updates), but got 0",
+        "an integer from 1 to 10,000 (updates; the book makes 30), but got 0",
     ),
     "unknown key of a kind's section": (
         _paths(paths="step = 3"),
@@ -585,7 +585,7 @@ KIND_MISTAKES = {
     "one bin": (
         _activations(rest="[activations]\nbins = 1"),
         "activations.bins",
-        "must be an integer >= 2, but got 1",
+        "must be an integer from 2 to 1,000, but got 1",
     ),
 }
 

@@ -86,7 +86,9 @@ def _load_idx_dataset(
         raise DatasetError(
             f"dataset {name!r} is read from IDX files: pass data_dir='path/to/{name}' (a "
             f"directory holding {', '.join(TEST_FILES)} and optionally "
-            f"{', '.join(TRAIN_FILES)}); add download=True to fetch them there."
+            f"{', '.join(TRAIN_FILES)}).",
+            remedy="download",
+            dataset=name,
         )
     directory = Path(data_dir)
     if download:
@@ -98,8 +100,9 @@ def _load_idx_dataset(
         where = "does not exist" if not directory.is_dir() else "holds neither pair of IDX files"
         raise DatasetError(
             f"{name}: {directory} {where}; expected {' + '.join(TEST_FILES)} (10,000 images) "
-            f"and/or {' + '.join(TRAIN_FILES)} (60,000 images). Put the files there, or "
-            "pass download=True to fetch them."
+            f"and/or {' + '.join(TRAIN_FILES)} (60,000 images). Put the files there.",
+            remedy="download",
+            dataset=name,
         )
 
     if have_train:
@@ -130,7 +133,9 @@ def _present_pair(name: str, directory: Path, pair: tuple[str, str]) -> bool:
         found = pair[present.index(True)]
         raise DatasetError(
             f"{name}: {directory / found} is there but {directory / missing} is missing; "
-            "images and labels come in pairs. Add the missing file (or download=True)."
+            "images and labels come in pairs. Add the missing file.",
+            remedy="download",
+            dataset=name,
         )
     return False
 
@@ -150,7 +155,9 @@ def _read_pair(
         raise DatasetError(
             f"{name}: {images_path} holds {images.shape[0]} images but {labels_path} holds "
             f"{labels.shape[0]} labels; the files do not belong together. Replace both with "
-            "a matching pair (download=True)."
+            "a matching pair.",
+            remedy="download",
+            dataset=name,
         )
     if labels.size and int(labels.max()) >= _IDX_CLASSES:
         raise DatasetError(

@@ -151,8 +151,10 @@ def _fetch_from_mirrors(
         return
     raise DatasetError(
         f"could not download {filename} for dataset {name!r}: tried "
-        f"{'; '.join(failures)}. Check the network or the base_url, or put the file into "
-        f"{target.parent} yourself."
+        f"{'; '.join(failures)}. Check the network, or put the file into "
+        f"{target.parent} yourself.",
+        remedy="mirror",
+        dataset=name,
     )
 
 
@@ -191,8 +193,8 @@ def _fetch(url: str, target: Path, *, md5: str, timeout: float) -> None:
         if actual != md5:
             raise DatasetError(
                 f"checksum mismatch for {url}: expected MD5 {md5}, got {actual}; the file was "
-                "discarded. The mirror may serve a corrupt or different file: retry later or "
-                "pass another base_url."
+                "discarded. The mirror may serve a corrupt or different file: retry later.",
+                remedy="mirror",
             )
         # mkstemp creates 0600; give the final file the usual permissions of a download.
         tmp.chmod(0o644)
