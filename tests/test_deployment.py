@@ -82,9 +82,14 @@ def _interpolate(value: Any, env: Mapping[str, str]) -> Any:
     return _VARIABLE.sub(substitute, value)
 
 
+TEST_PASSWORD = "a-password-set-in-env"
+
+
 def _stack(**overrides: str) -> dict[str, Any]:
-    """docker-compose.yml as `docker compose config` would see it with .env.example as .env."""
-    return _interpolate(yaml.safe_load(_compose_text()), _env_example() | overrides)
+    """docker-compose.yml as `docker compose config` would see it with .env.example as .env,
+    the password set (as the user must)."""
+    env = _env_example() | {"POSTGRES_PASSWORD": TEST_PASSWORD} | overrides
+    return _interpolate(yaml.safe_load(_compose_text()), env)
 
 
 def _services(**overrides: str) -> dict[str, dict[str, Any]]:
@@ -180,6 +185,13 @@ def test_a_missing_password_stops_compose_with_a_message():
         _interpolate(yaml.safe_load(_compose_text()), env)
 
 
+def test_an_unedited_copy_of_env_example_does_not_start_with_a_known_password():
+    """.env.example ships no password: a copy used as it is stops compose, saying why."""
+    assert _env_example()["POSTGRES_PASSWORD"] == ""
+    with pytest.raises(KeyError, match=r"POSTGRES_PASSWORD is required: .*\.env"):
+        _interpolate(yaml.safe_load(_compose_text()), _env_example())
+
+
 def test_the_env_file_stays_out_of_git_and_of_the_image():
     assert ".env" in (ROOT / ".gitignore").read_text(encoding="utf-8").split()
     assert ".env" in (ROOT / ".dockerignore").read_text(encoding="utf-8").split()
@@ -243,7 +255,7 @@ def test_the_services_share_one_database_server_and_mlflow_has_its_own_database(
         assert url.drivername == "postgresql+psycopg"
         assert (url.host, url.port) == ("postgres", 5432)
         assert url.username == postgres_env["POSTGRES_USER"]
-        assert url.password == _env_example()["POSTGRES_PASSWORD"]
+        assert url.password == TEST_PASSWORD
     assert optuna.database == postgres_env["POSTGRES_DB"]
     assert mlflow.database == postgres_env["MLFLOW_DB"] != optuna.database
     assert services["dashboard"]["command"][1] == worker_env[STORAGE_ENV]
