@@ -8,7 +8,7 @@ returns the validation metric after the last epoch (the book ranks trials by it)
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable
+from collections.abc import Callable, Container
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -156,6 +156,7 @@ class Objective:
             raise
         finally:
             trial.set_user_attr("history", history.columns)
+            _report_every_epoch(trial, history.columns[self.metric])
             for observer in self.observers:
                 observer.trial_ending(trial)
             if session is not None:
@@ -167,6 +168,24 @@ class Objective:
         self, config: TrainConfig, seed: int, on_epoch_end: Callable[[int, EpochMetrics], None]
     ) -> EpochMetrics:
         return train_trial(self.splits, config, seed, on_epoch_end)[1].final
+
+
+def _report_every_epoch(trial: optuna.trial.BaseTrial, values: list[float]) -> None:
+    """The metric's every epoch as the trial's intermediate values, as optuna-dashboard draws
+    learning curves from them. Pruning reported only the epochs it decides at; the rest are
+    reported now, at the trial's end, so that they go to the storage with its final write (one
+    transaction, see `hpo._batched`)."""
+    if isinstance(trial, optuna.trial.FixedTrial):
+        return  # a replay: nothing is stored
+    reported = _reported_steps(trial)
+    for epoch, value in enumerate(values, start=1):
+        if epoch not in reported:
+            trial.report(value, epoch)
+
+
+def _reported_steps(trial: optuna.trial.BaseTrial) -> Container[int]:
+    cached = getattr(trial, "_cached_frozen_trial", None)  # see `_initial_user_attrs`
+    return cached.intermediate_values if cached is not None else ()
 
 
 def train_trial(

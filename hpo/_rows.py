@@ -121,22 +121,32 @@ class Transaction:
         return self.cursor
 
     def insert(self, table: str, rows: Sequence[dict[str, Any]], *, upsert_on: str = "") -> None:
-        """Insert `rows` (all with the same keys) into `table`; with `upsert_on` (the unique
-        key's columns, "trial_id, key"), a row whose key exists updates it instead."""
+        """Insert `rows` (all with the same keys) into `table`, as few multi-row statements
+        (a trial's per-epoch values are one statement, not one per epoch); with `upsert_on`
+        (the unique key's columns, "trial_id, key"), a row whose key exists updates it."""
         if not rows:
             return
         columns = list(rows[0])
-        statement = (
-            f"INSERT INTO {table} ({', '.join(columns)}) "
-            f"VALUES ({', '.join(':' + column for column in columns)})"
-        )
+        suffix = ""
         if upsert_on:
             keys = {key.strip() for key in upsert_on.split(",")}
             updates = ", ".join(f"{c} = excluded.{c}" for c in columns if c not in keys)
-            statement += f" ON CONFLICT ({upsert_on}) DO UPDATE SET {updates}"
-        self.last_statement = statement
-        bound = [self.writer.bind(table, row) for row in rows]
-        if len(bound) == 1:
-            self.cursor.execute(self.writer.sql(statement), bound[0])
-        else:
-            self.cursor.executemany(self.writer.sql(statement), bound)
+            suffix = f" ON CONFLICT ({upsert_on}) DO UPDATE SET {updates}"
+        for start in range(0, len(rows), _ROWS_PER_STATEMENT):
+            chunk = rows[start : start + _ROWS_PER_STATEMENT]
+            values = ", ".join(
+                "(" + ", ".join(f":{column}_{i}" for column in columns) + ")"
+                for i in range(len(chunk))
+            )
+            statement = f"INSERT INTO {table} ({', '.join(columns)}) VALUES {values}{suffix}"
+            parameters = {
+                f"{key}_{i}": value
+                for i, row in enumerate(chunk)
+                for key, value in self.writer.bind(table, row).items()
+            }
+            self.last_statement = statement
+            self.cursor.execute(self.writer.sql(statement), parameters)
+
+
+# SQLite binds at most 32,766 parameters to a statement; rows of a few columns stay far below.
+_ROWS_PER_STATEMENT = 1000

@@ -36,6 +36,7 @@ SPEC_ATTR = "hpo:spec"
 FINGERPRINT_ATTR = "hpo:fingerprint"
 WORKERS_ATTR = "hpo:workers_joined"
 UID_ATTR = "hpo:uid"  # tells apart same-named studies of different storages in one MLflow
+METRIC_NAMES_ATTR = "study:metric_names"  # where Study.set_metric_names keeps them
 SAMPLER_STREAM = 3  # per-worker sampler seeds: see sampler_seed
 
 
@@ -111,6 +112,7 @@ def prepare_study(settings: StorageSettings, spec: StudySpec) -> bool:
                 check_new_study_name(name)
                 _create(storage, spec)
                 return True
+            _name_the_metric(storage, study_id, spec)
             stored = storage.get_study_user_attrs(study_id).get(FINGERPRINT_ATTR)
             if stored is None:
                 raise ConfigError(
@@ -131,12 +133,23 @@ def prepare_study(settings: StorageSettings, spec: StudySpec) -> bool:
             storage.engine.dispose()
 
 
+def _name_the_metric(
+    storage: optuna.storages.RDBStorage, study_id: int, spec: StudySpec
+) -> None:
+    """Studies created before their metric was named get its name (dashboards show it)."""
+    if METRIC_NAMES_ATTR not in storage.get_study_system_attrs(study_id):
+        storage.set_study_system_attr(study_id, METRIC_NAMES_ATTR, [spec.study.metric])
+
+
 def _create(storage: optuna.storages.RDBStorage, spec: StudySpec) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         study = optuna.create_study(
             storage=storage, study_name=spec.study.name, direction=spec.study.direction
         )
+    with warnings.catch_warnings():  # experimental since Optuna 3.2, and stable in use
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        study.set_metric_names([spec.study.metric])  # optuna-dashboard's name for the objective
     study.set_user_attr(
         SPEC_ATTR,
         {

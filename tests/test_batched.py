@@ -250,9 +250,10 @@ def test_a_trial_takes_few_statements(tmp_path, spec):
     worker.n_trials = 2
     worker.run()
     statements = [s for s in statements if not s.startswith("PRAGMA")]  # new connections
-    # One trial, BEGIN and COMMIT included, and the count that ends the run: 16. Unbatched,
+    # One trial, BEGIN and COMMIT included, and the count that ends the run: 17 (one of them
+    # stores every epoch's value, which optuna-dashboard draws as the learning curve). Unbatched,
     # Optuna's ask, two writes, tell and their read-backs took about 45 without those.
-    assert len(statements) <= 16, "\n".join(statements)
+    assert len(statements) <= 17, "\n".join(statements)
 
 
 def test_a_running_trials_values_are_read_back_before_they_are_written(storage_url, spec):

@@ -12,6 +12,7 @@ from optuna.trial import TrialState
 from hpo._data import load_splits
 from hpo._errors import ConfigError
 from hpo._objective import Objective
+from hpo._run import run_in_process
 from hpo._runner import Worker
 from hpo._storage import (
     StorageSettings,
@@ -207,3 +208,22 @@ def test_optuna_sees_the_same_trials_hpo_counts(storage_url, spec):
     study = optuna.load_study(study_name="tiny", storage=storage_url)
     assert len(study.get_trials(states=(TrialState.COMPLETE,))) == 5
     assert all(len(t.user_attrs["history"]["val_acc"]) == 3 for t in study.trials)
+
+
+def test_every_epoch_is_stored_as_an_intermediate_value_and_the_metric_is_named(
+    storage_url, tiny_study_file
+):
+    """What optuna-dashboard draws: a learning curve per trial (pruned ones to their last
+    epoch), and the objective under its own name instead of "Objective 0"."""
+    spec = load_study_file(tiny_study_file(
+        n_trials=8, epochs=6, pruner="median", extra="n_startup_trials = 2\nn_warmup_steps = 2\n"
+    ))  # fmt: skip
+    settings = _settings(storage_url)
+    prepare_study(settings, spec)
+    run_in_process(spec, settings)
+    study = optuna.load_study(study_name="tiny", storage=storage_url)
+    assert study.metric_names == ["val_acc"]
+    for trial in study.trials:
+        history = trial.user_attrs["history"]["val_acc"]
+        assert trial.intermediate_values == dict(enumerate(history, start=1)), trial.number
+    assert {t.state.name for t in study.trials} == {"COMPLETE", "PRUNED"}
