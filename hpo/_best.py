@@ -111,7 +111,9 @@ def find_parent_run(
     from ._tracking import PARENT_ATTR, ROLE_TAG, UID_TAG, StudyRun, study_uid
 
     uid = study_uid(study)
-    known = study.user_attrs.get(PARENT_ATTR, {}).get(tracking.uri or "default")
+    from ._studies import records
+
+    known = records(study).get(PARENT_ATTR, {}).get(tracking.uri or "default")
     if known is not None:
         from mlflow.exceptions import MlflowException
         from mlflow.protos.databricks_pb2 import RESOURCE_DOES_NOT_EXIST, ErrorCode

@@ -31,13 +31,13 @@ def _cmd_status(args: argparse.Namespace) -> int:
 
     from ._report import best_lines, status_line, study_status
     from ._storage import open_storage, resolve_storage
-    from ._studies import FINGERPRINT_ATTR, load_existing_study
+    from ._studies import FINGERPRINT_ATTR, load_existing_study, records
 
     settings = resolve_storage(args.storage)
     if args.name:
         study = load_existing_study(settings, args.name)
         print(status_line(study_status(study)))
-        metric = study.user_attrs.get(FINGERPRINT_ATTR, {}).get("metric", "value")
+        metric = records(study).get(FINGERPRINT_ATTR, {}).get("metric", "value")
         for line in best_lines(study, metric, n=5):
             print(f"  {line}")
         return EXIT_OK

@@ -66,6 +66,16 @@ class DataConfig:
         if self.test_fraction is not None:
             _fraction("test_fraction", self.test_fraction)
 
+    def describe(self) -> str:
+        """One line: which data, and how it is split."""
+        parts = [self.dataset if self.dataset != "npz" else f"npz {self.path}"]
+        if self.n_samples is not None:
+            parts.append(f"{self.subset} {self.n_samples:,} samples")
+        if self.test_fraction is not None:
+            parts.append(f"test {self.test_fraction:.0%}")
+        parts.append(f"validation {self.val_fraction:.0%}")
+        return ", ".join(parts)
+
 
 @dataclass(frozen=True)
 class TrainConfig:

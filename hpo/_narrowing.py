@@ -56,7 +56,7 @@ from ._errors import ConfigError
 from ._keys import is_int, is_number, setting_error
 from ._report import fmt, ranked_trials
 from ._space import ParamSpec, SearchSpace, same_value
-from ._studies import SPEC_ATTR, stored_spec
+from ._studies import SPEC_ATTR, records, stored_spec
 from ._studyfile import EnqueuedTrial, StudySpec, parse_study
 
 DEFAULT_TOP = 5
@@ -158,7 +158,7 @@ def narrow_study(
     created from: the next stage goes beside it, and its relative data paths resolve there.
     """
     spec = stored_spec(study)
-    stored_path = study.user_attrs[SPEC_ATTR].get("path")
+    stored_path = records(study)[SPEC_ATTR].get("path")
     if stored_path:
         spec = replace(spec, path=Path(stored_path))
     if all(p.type == "categorical" for p in spec.space.params):

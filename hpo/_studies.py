@@ -9,6 +9,7 @@ differences named instead of silently mixing two searches in one study.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import logging
 import tomllib
@@ -32,6 +33,9 @@ from ._studyfile import StudySpec, parse_study
 
 logger = logging.getLogger(__name__)
 
+# hpo's own records of a study, kept in its system attributes, which dashboards do not show
+# (studies made before 0.2 kept them as user attributes: `records` reads both). The user
+# attributes say in words what the study is (see `_readable`).
 SPEC_ATTR = "hpo:spec"
 FINGERPRINT_ATTR = "hpo:fingerprint"
 WORKERS_ATTR = "hpo:workers_joined"
@@ -113,7 +117,7 @@ def prepare_study(settings: StorageSettings, spec: StudySpec) -> bool:
                 _create(storage, spec)
                 return True
             _name_the_metric(storage, study_id, spec)
-            stored = storage.get_study_user_attrs(study_id).get(FINGERPRINT_ATTR)
+            stored = _records_in(storage, study_id).get(FINGERPRINT_ATTR)
             if stored is None:
                 raise ConfigError(
                     f"a study named {name!r} exists in {settings.redacted()} but was not "
@@ -141,6 +145,43 @@ def _name_the_metric(
         storage.set_study_system_attr(study_id, METRIC_NAMES_ATTR, [spec.study.metric])
 
 
+def records(study: optuna.Study) -> dict[str, Any]:
+    """hpo's own records of `study` (its definition, fingerprint, uid, ...), wherever the
+    version that made it kept them."""
+    return _records_in(study._storage, study._study_id)
+
+
+def set_record(study: optuna.Study, key: str, value: Any) -> None:
+    study._storage.set_study_system_attr(study._study_id, key, value)
+
+
+def _records_in(storage: optuna.storages.BaseStorage, study_id: int) -> dict[str, Any]:
+    older = {
+        k: v for k, v in storage.get_study_user_attrs(study_id).items() if k.startswith("hpo:")
+    }
+    return older | {
+        k: v for k, v in storage.get_study_system_attrs(study_id).items() if k.startswith("hpo:")
+    }
+
+
+def _readable(spec: StudySpec) -> dict[str, Any]:
+    """What optuna-dashboard shows of a study, in words: where it came from, what a trial
+    trains and what it searches."""
+    described: dict[str, Any] = {
+        "study file": str(spec.path) if spec.path else "(none)",
+        "metric": f"{spec.study.metric} ({spec.study.direction})",
+        "seed": spec.study.seed,
+    }
+    if spec.trains:
+        described["data"] = spec.data.describe()
+        described["network"] = spec.base.describe()
+    else:
+        assert spec.probe is not None
+        described["kind"] = f"{spec.study.kind}: {spec.probe.describe()}"
+    described["search"] = "; ".join(p.describe() for p in spec.space.params)
+    return described
+
+
 def _create(storage: optuna.storages.RDBStorage, spec: StudySpec) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
@@ -150,7 +191,9 @@ def _create(storage: optuna.storages.RDBStorage, spec: StudySpec) -> None:
     with warnings.catch_warnings():  # experimental since Optuna 3.2, and stable in use
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         study.set_metric_names([spec.study.metric])  # optuna-dashboard's name for the objective
-    study.set_user_attr(
+    study_id = storage.get_study_id_from_name(spec.study.name)
+    record = functools.partial(storage.set_study_system_attr, study_id)
+    record(
         SPEC_ATTR,
         {
             "source_text": spec.source_text,
@@ -160,15 +203,17 @@ def _create(storage: optuna.storages.RDBStorage, spec: StudySpec) -> None:
             "seed": spec.study.seed,
         },
     )
+    for key, value in _readable(spec).items():
+        study.set_user_attr(key, value)
     # The [[enqueue]] trials (a narrowed stage's parent trials) are enqueued here, once, as
     # the study is created under the storage lock, so that they run before any sampled trial
     # and a resumed study never enqueues them again. Before the fingerprint: a study killed
     # half-way through is refused as "not created by hpo", never run with trials missing.
     for trial in spec.enqueue:
         study.enqueue_trial(dict(trial.params), user_attrs=trial.user_attrs())
-    study.set_user_attr(FINGERPRINT_ATTR, fingerprint(spec))
-    study.set_user_attr(UID_ATTR, uuid.uuid4().hex)
-    study.set_user_attr(WORKERS_ATTR, 0)
+    record(FINGERPRINT_ATTR, fingerprint(spec))
+    record(UID_ATTR, uuid.uuid4().hex)
+    record(WORKERS_ATTR, 0)
     logger.info("created study %r", spec.study.name)
 
 
@@ -195,8 +240,8 @@ def join_study(
         raise ConfigError(f"no study named {name!r} in {settings.redacted()}") from None
     if worker_index is None:
         with StorageLock(settings, "setup"):
-            worker_index = int(storage.get_study_user_attrs(study_id).get(WORKERS_ATTR, 0))
-            storage.set_study_user_attr(study_id, WORKERS_ATTR, worker_index + 1)
+            worker_index = int(_records_in(storage, study_id).get(WORKERS_ATTR, 0))
+            storage.set_study_system_attr(study_id, WORKERS_ATTR, worker_index + 1)
     seed = sampler_seed(spec, worker_index)
     # The cache Optuna puts around an RDBStorage, which keeps finished trials in memory so
     # that the sampler does not read them again at every ask; around it, this worker's
@@ -233,7 +278,7 @@ def stored_spec(study: optuna.Study) -> StudySpec:
 
     The data directory follows the current environment, as for any study file.
     """
-    stored = study.user_attrs.get(SPEC_ATTR)
+    stored = records(study).get(SPEC_ATTR)
     if not stored:
         raise ConfigError(f"study {study.study_name!r} was not created by hpo run")
     path = Path(stored["path"]) if stored.get("path") else None

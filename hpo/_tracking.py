@@ -170,9 +170,9 @@ class StudyRun:
 
 
 def study_uid(study: optuna.Study) -> str:
-    from ._studies import UID_ATTR
+    from ._studies import UID_ATTR, records
 
-    uid = study.user_attrs.get(UID_ATTR)
+    uid = records(study).get(UID_ATTR)
     if not uid:
         raise ConfigError(f"study {study.study_name!r} was not created by hpo run")
     return str(uid)
@@ -195,7 +195,9 @@ def ensure_parent_run(
     uid = study_uid(study)
     key = settings.uri or "default"
     with StorageLock(storage, f"mlflow:{name}"):
-        known = study.user_attrs.get(PARENT_ATTR, {}).get(key)
+        from ._studies import records, set_record
+
+        known = records(study).get(PARENT_ATTR, {}).get(key)
         if known is not None:
             try:
                 run = client.get_run(known["run_id"])
@@ -220,9 +222,9 @@ def ensure_parent_run(
             run_id = found[0].info.run_id
         else:
             run_id = _create_parent(client, experiment_id, spec, storage, uid)
-        attrs = dict(study.user_attrs.get(PARENT_ATTR, {}))
+        attrs = dict(records(study).get(PARENT_ATTR, {}))
         attrs[key] = {"run_id": run_id, "experiment": experiment_name}
-        study.set_user_attr(PARENT_ATTR, attrs)
+        set_record(study, PARENT_ATTR, attrs)
         return StudyRun(experiment_id, run_id, uid)
 
 

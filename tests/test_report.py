@@ -33,7 +33,7 @@ from hpo._report_figures import (
 )
 from hpo._run import run_in_process
 from hpo._storage import resolve_storage
-from hpo._studies import UID_ATTR, prepare_study, stored_spec
+from hpo._studies import UID_ATTR, prepare_study, records, stored_spec
 from hpo._study_report import (
     FILES,
     Report,
@@ -264,8 +264,10 @@ def test_intermediate_values_come_from_the_stored_histories(pruned):
         history = original.user_attrs["history"]["val_acc"]
         assert copied.intermediate_values == dict(enumerate(history, start=1))
         assert copied.params == original.params
-    # The real trials report nothing per epoch; the plot has a line per finished trial.
-    assert all(len(t.intermediate_values) <= 1 for t in finished)
+    # The real trials store every epoch too (studies made before 0.2 stored at most the
+    # pruned epoch, and the report draws them from the histories all the same).
+    assert all(t.intermediate_values == copied.intermediate_values
+               for t, copied in zip(finished, copy.trials, strict=True))  # fmt: skip
     figure = intermediate_values_figure(copy, metric_label="validation accuracy")
     lines = figure.axes[0].get_lines()
     assert len(lines) == len(finished)
@@ -336,7 +338,7 @@ def test_user_mistakes_exit_2_with_one_line(tiny_study_file, tmp_path, capsys):
         ("nope", (), f"no study named 'nope' in {storage}; studies there: tiny"),
         ("tiny", (), "study 'tiny' has no completed trial yet (1 failed); run it with hpo run "
                      "first"),
-        ("tiny", ("--top", "0"), "--top: must be at least 1, but got 0"),
+        ("tiny", ("--top", "0"), "--top: must be from 1 to 100, but got 0"),
     ):  # fmt: skip
         code, _, err = _report(capsys, name, storage, out_dir, "--no-mlflow", *flags)
         assert code == 2
@@ -364,7 +366,7 @@ def test_the_report_is_logged_to_the_studys_parent_run(
     client = MlflowClient(tracking_uri)
     parent = client.get_run(run_id)
     assert parent.data.tags["hpo.role"] == "study"
-    assert parent.data.tags["hpo.study_uid"] == study.user_attrs[UID_ATTR]
+    assert parent.data.tags["hpo.study_uid"] == records(study)[UID_ATTR]
     assert client.get_experiment(parent.info.experiment_id).name == experiment
     names = sorted(f"report/{name}" for name in FILES)
     assert sorted(a.path for a in client.list_artifacts(run_id, "report")) == names

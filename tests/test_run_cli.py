@@ -15,6 +15,7 @@ import pytest
 from _checks import assert_study_is_whole
 
 from hpo._storage import count_trials, open_storage, resolve_storage
+from hpo._studies import records
 
 HPO = [sys.executable, "-m", "hpo.cli"]
 FAST_STALENESS = {"HPO_HEARTBEAT_INTERVAL": "1", "HPO_GRACE_PERIOD": "3"}
@@ -148,7 +149,7 @@ def test_workers_started_together_on_an_empty_database_share_one_study(
     assert_study_is_whole(storage_url, 24)
     assert _counts(storage_url)["FAIL"] == 0
     study = optuna.load_study(study_name="tiny", storage=storage_url)
-    assert study.user_attrs["hpo:workers_joined"] == 4
+    assert records(study)["hpo:workers_joined"] == 4
     # Each worker drew from its own sampler seed: no two trials share their parameters.
     assert len({t.params["lr"] for t in study.trials}) == 24
 
