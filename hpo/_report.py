@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -51,12 +52,24 @@ class StudyStatus:
 
     @property
     def finished(self) -> int:
-        return self.counts.get("COMPLETE", 0) + self.counts.get("PRUNED", 0)
+        c = self.counts
+        return c.get("COMPLETE", 0) + c.get("PRUNED", 0) + c.get("DIVERGED", 0)
+
+
+def outcome_counts(trials: Sequence[optuna.trial.FrozenTrial]) -> Counter[str]:
+    """Trials by state name, with the pruned ones that diverged counted apart ("DIVERGED"):
+    Optuna calls both pruned, but a study without a pruner prunes nothing, and a diverged
+    trial says something else about its settings."""
+    counts: Counter[str] = Counter()
+    for trial in trials:
+        diverged = trial.state.name == "PRUNED" and trial.user_attrs.get("diverged")
+        counts["DIVERGED" if diverged else trial.state.name] += 1
+    return counts
 
 
 def study_status(study: optuna.Study) -> StudyStatus:
     trials = study.get_trials(deepcopy=False)
-    counts = Counter(t.state.name for t in trials)
+    counts = outcome_counts(trials)
     ranked = ranked_trials(study)
     best = ranked[0] if ranked else None
     return StudyStatus(
@@ -75,6 +88,7 @@ def status_line(status: StudyStatus, n_trials: int | None = None) -> str:
         f"{status.finished}{budget} finished",
         f"{c.get('COMPLETE', 0)} complete",
         f"{c.get('PRUNED', 0)} pruned",
+        *([f"{c['DIVERGED']} diverged"] if c.get("DIVERGED") else []),
         f"{c.get('FAIL', 0)} failed",
         f"{c.get('RUNNING', 0)} running",
     ]

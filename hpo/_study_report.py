@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import math
-from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +20,14 @@ from optuna.distributions import FloatDistribution, IntDistribution
 from optuna.trial import TrialState, create_trial
 
 from . import _report_figures as figures
-from ._report import DISPLAY_NAMES, METRIC_LABELS, best_lines, fmt, ranked_trials
+from ._report import (
+    DISPLAY_NAMES,
+    METRIC_LABELS,
+    best_lines,
+    fmt,
+    outcome_counts,
+    ranked_trials,
+)
 from ._space import same_value
 
 if TYPE_CHECKING:
@@ -58,13 +64,7 @@ GRID_FIGURE = "settings_grid.png"  # grids of two settings, one of them with 4 v
 # What a training study's report may hold besides best.txt; a study that trains nothing draws
 # its own figure instead (see hpo._probe_report).
 TRAINING_FIGURES = (*FILES[1:], SETTINGS_FIGURE, GRID_FIGURE)
-_STATE_ORDER = (
-    TrialState.COMPLETE,
-    TrialState.PRUNED,
-    TrialState.FAIL,
-    TrialState.RUNNING,
-    TrialState.WAITING,
-)
+_STATE_ORDER = ("COMPLETE", "PRUNED", "DIVERGED", "FAIL", "RUNNING", "WAITING")
 
 
 @dataclass(frozen=True)
@@ -92,8 +92,8 @@ def header_line(study: optuna.Study, metric: str) -> str:
     """`study 'x': 40 trials (14 complete, 26 pruned); ranked by val_acc (validation
     accuracy, maximize)`."""
     trials = study.get_trials(deepcopy=False)
-    counts = Counter(t.state for t in trials)
-    by_state = ", ".join(f"{counts[s]} {s.name.lower()}" for s in _STATE_ORDER if counts[s])
+    counts = outcome_counts(trials)
+    by_state = ", ".join(f"{counts[s]} {s.lower()}" for s in _STATE_ORDER if counts[s])
     direction = "maximize" if _maximize(study) else "minimize"
     return (
         f"study {study.study_name!r}: {len(trials)} trials ({by_state or 'none'}); "

@@ -43,11 +43,14 @@ STUDY_TAG, UID_TAG, ROLE_TAG, NUMBER_TAG, COMPLETE_TAG = (
 RUN_ID_ATTR = "mlflow_run_id"  # on each Optuna trial
 PARENT_ATTR = "hpo:mlflow"  # on the Optuna study: parent run per tracking URI
 METRICS = ("train_loss", "train_acc", "val_loss", "val_acc")
+# A pruned trial ended as the study meant it to (MLflow's KILLED looks like a failure in its
+# UI): FINISHED, named and described as pruned (see `final_fields`).
 STATUS = {
     TrialState.COMPLETE: "FINISHED",
-    TrialState.PRUNED: "KILLED",
+    TrialState.PRUNED: "FINISHED",
     TrialState.FAIL: "FAILED",
 }
+NOTE_TAG = "mlflow.note.content"  # the description MLflow's UI shows for a run or experiment
 MAX_BATCH = 1000  # MLflow's limit of metric values per log_batch
 
 DEFAULT_URI = "sqlite:///mlflow.db"  # MLflow 3's default store, in the working directory
@@ -207,11 +210,12 @@ def ensure_parent_run(
                 logger.debug("stored parent run %s not usable: %s", known, error)
         experiment_name = settings.experiment or (known or {}).get("experiment") or name
         experiment = client.get_experiment_by_name(experiment_name)
-        experiment_id = (
-            experiment.experiment_id
-            if experiment is not None
-            else client.create_experiment(experiment_name)
-        )
+        if experiment is None:
+            experiment_id = client.create_experiment(
+                experiment_name, tags=experiment_tags(spec, storage)
+            )
+        else:
+            experiment_id = experiment.experiment_id
         found = client.search_runs(
             [experiment_id],
             filter_string=f"tags.`{UID_TAG}` = '{uid}' and tags.`{ROLE_TAG}` = 'study'",
@@ -226,6 +230,21 @@ def ensure_parent_run(
         attrs[key] = {"run_id": run_id, "experiment": experiment_name}
         set_record(study, PARENT_ATTR, attrs)
         return StudyRun(experiment_id, run_id, uid)
+
+
+def experiment_tags(spec: StudySpec, storage: StorageSettings) -> dict[str, str]:
+    """An experiment hpo creates opens on its runs (not MLflow's GenAI overview) and says
+    which study it mirrors, from which file."""
+    source = f" from {spec.path}" if spec.path is not None else ""
+    what = spec.base.describe() if spec.trains else f"{spec.study.kind} (trains nothing)"
+    return {
+        "mlflow.experimentKind": "custom_model_development",
+        NOTE_TAG: (
+            f"Mirror of the hpo study {spec.study.name!r}{source}, stored in "
+            f"{storage.redacted()}: {spec.study.metric} ({spec.study.direction}) of {what}. "
+            "One parent run for the study, one child run per trial."
+        ),
+    }
 
 
 def _create_parent(
@@ -317,7 +336,34 @@ def final_fields(trial: FrozenTrial, metric: str) -> tuple[list[Any], dict[str, 
             tags["hpo.diverged_reason"] = diverged["reason"]
     if trial.state == TrialState.FAIL:
         tags["hpo.error"] = trial.user_attrs.get("error") or "failed (no message recorded)"
-    return metrics, tags
+    return metrics, tags | _outcome(trial, metric, epochs)
+
+
+def _outcome(trial: FrozenTrial, metric: str, epochs: int) -> dict[str, str]:
+    """How the trial ended, in the run's name, an `hpo.outcome` tag and its description."""
+    number, value = trial.number, trial.value
+    shown = f"{value:.4g}" if value is not None else "none"
+    diverged = trial.user_attrs.get("diverged")
+    if trial.state == TrialState.COMPLETE:
+        outcome, name = "complete", f"trial {number}"
+        note = f"Trained all {epochs} epochs: final {metric} {shown}."
+    elif trial.state == TrialState.PRUNED and diverged:
+        outcome, name = "diverged", f"trial {number} (diverged at epoch {diverged['epoch']})"
+        note = (
+            f"Diverged at epoch {diverged['epoch']} ({diverged['reason']}), so it was stopped; "
+            "the study counts it as pruned. A smaller learning rate usually avoids it."
+        )
+    elif trial.state == TrialState.PRUNED:
+        outcome, name = "pruned", f"trial {number} (pruned at epoch {epochs})"
+        note = (
+            f"Pruned after epoch {epochs}: its {metric} ({shown}) trailed the earlier trials' at "
+            "that epoch, so the study's pruner stopped it to save the rest of its epochs. An "
+            "expected outcome, not an error."
+        )
+    else:
+        outcome, name = "failed", f"trial {number} (failed)"
+        note = f"Failed: {trial.user_attrs.get('error') or 'no message recorded'}."
+    return {"hpo.outcome": outcome, "mlflow.runName": name, NOTE_TAG: note}
 
 
 def require_enabled(settings: TrackingSettings, command: str) -> None:

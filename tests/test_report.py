@@ -381,3 +381,22 @@ def test_the_report_is_logged_to_the_studys_parent_run(
     )
     assert (again.run_id, created) == (run_id, False)
     assert sorted(a.path for a in client.list_artifacts(run_id, "report")) == names
+
+
+def test_diverged_trials_are_not_called_pruned_in_a_study_without_a_pruner(
+    tiny_study_file, tmp_path, capsys
+):
+    path = tiny_study_file(n_trials=3, epochs=3)
+    path.write_text(path.read_text().replace("high = 1e-1", "high = 1e20") + (
+        "\n[[enqueue]]\nparams = { lr = 1e20 }\nseed = 1\n"
+    ))  # fmt: skip
+    spec = load_study_file(path)
+    storage = f"sqlite:///{tmp_path / 's.db'}"
+    _run_in_process(spec, storage)
+    code, _out, err = _report(capsys, "tiny", storage, tmp_path / "out", "--no-mlflow")
+    assert code == 0, err
+    header = (tmp_path / "out" / "best.txt").read_text().splitlines()[0]
+    assert "(2 complete, 1 diverged)" in header, header
+    assert "pruned" not in header
+    assert main(["status", "--storage", storage]) == 0
+    assert "0 pruned, 1 diverged" in capsys.readouterr().out

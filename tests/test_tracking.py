@@ -96,7 +96,8 @@ def test_runs_mirror_trials_state_by_state(study_setup, tracking_uri):
     assert len(parents) == 1
     trials = {t.number: t for t in study.get_trials(deepcopy=False)}
     assert sorted(int(r.data.tags["hpo.trial_number"]) for r in children) == sorted(trials)
-    status = {"COMPLETE": "FINISHED", "PRUNED": "KILLED", "FAIL": "FAILED"}
+    # A pruned trial ended as meant: FINISHED, its name and description say it was pruned.
+    status = {"COMPLETE": "FINISHED", "PRUNED": "FINISHED", "FAIL": "FAILED"}
     assert Counter(r.info.status for r in children) == Counter(
         status[t.state.name] for t in trials.values()
     )
@@ -120,6 +121,27 @@ def test_runs_mirror_trials_state_by_state(study_setup, tracking_uri):
             )
         if trial.state.name == "FAIL":
             assert run.data.tags["hpo.error"] == "RuntimeError: the disk is full"
+        outcome = run.data.tags["hpo.outcome"]
+        assert (
+            run.info.run_name
+            == {
+                "complete": f"trial {trial.number}",
+                "pruned": f"trial {trial.number} (pruned at epoch {epochs})",
+                "diverged": f"trial {trial.number} (diverged at epoch "
+                f"{(trial.user_attrs.get('diverged') or {}).get('epoch')})",
+                "failed": f"trial {trial.number} (failed)",
+            }[outcome]
+        )
+        expected = {"COMPLETE": {"complete"}, "PRUNED": {"pruned", "diverged"},
+                    "FAIL": {"failed"}}[trial.state.name]  # fmt: skip
+        assert outcome in expected
+        assert run.data.tags["mlflow.note.content"].startswith(
+            {"complete": "Trained all", "pruned": "Pruned after epoch", "diverged": "Diverged at",
+             "failed": "Failed: RuntimeError"}[outcome]
+        )  # fmt: skip
+    experiment = client.get_experiment(parents[0].info.experiment_id)
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
+    assert "Mirror of the hpo study 'tiny' from" in experiment.tags["mlflow.note.content"]
     diverged_runs = {
         int(r.data.tags["hpo.trial_number"])
         for r in children
