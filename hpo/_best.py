@@ -17,6 +17,7 @@ import logging
 import tempfile
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -33,7 +34,7 @@ if TYPE_CHECKING:
     from mlflow import MlflowClient
     from mlflow.entities.model_registry import ModelVersion
 
-    from trainer import MultiLayerNet
+    from trainer import EpochMetrics, MultiLayerNet
     from trainer.data import DataSplits
 
     from ._studyfile import StudySpec
@@ -188,7 +189,11 @@ def require_test_split(spec: StudySpec, splits: DataSplits, *, command: str) -> 
         )
 
 
-def retrain(spec: StudySpec, trial: FrozenTrial) -> Retrained:
+def retrain(
+    spec: StudySpec,
+    trial: FrozenTrial,
+    on_epoch_end: Callable[[int, EpochMetrics], None] | None = None,
+) -> Retrained:
     """Train `trial` again on the study's data with its recorded parameters and seed.
 
     Refuses data without a test split before training, since the point of retraining is the
@@ -201,7 +206,7 @@ def retrain(spec: StudySpec, trial: FrozenTrial) -> Retrained:
     config = spec.space.suggest(optuna.trial.FixedTrial(dict(trial.params)), spec.base)
     splits = load_splits(spec.data, seed=spec.study.seed)
     require_test_split(spec, splits, command="hpo best --retrain")
-    network, history = train_trial(splits, config, seed)
+    network, history = train_trial(splits, config, seed, on_epoch_end)
     metric = spec.study.metric
     return Retrained(trial, seed, metric, network, splits, getattr(history.final, metric))
 

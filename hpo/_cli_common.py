@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from typing import Any
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, as a shell reports a command killed by it
@@ -19,6 +20,19 @@ def _config_error(message: str, key: str) -> Exception:
     from ._errors import ConfigError
 
     return ConfigError(message, key=key)
+
+
+def progress_bar(total: int | None, what: str, *, unit: str = "it", **options: Any) -> Any:
+    """A tqdm bar on standard error when it is a terminal (silent otherwise), for a long
+    command's phases."""
+    import sys
+
+    from tqdm import tqdm
+
+    return tqdm(
+        total=total, desc=what, unit=unit, dynamic_ncols=True, leave=False,
+        disable=not sys.stderr.isatty(), **options,
+    )  # fmt: skip
 
 
 def storage_flag(p: argparse.ArgumentParser) -> None:

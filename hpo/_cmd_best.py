@@ -11,6 +11,7 @@ from ._cli_common import (
     EXIT_FAILURE,
     EXIT_OK,
     Commands,
+    progress_bar,
     storage_flag,
     tracking_flags,
     tracking_from,
@@ -86,7 +87,11 @@ def _cmd_best(args: argparse.Namespace) -> int:
     if not args.retrain:
         return EXIT_OK
 
-    retrained = retrain(spec, trial)
+    epochs = progress_bar(spec.base.epochs, f"retraining trial {trial.number}", unit="epoch")
+    try:
+        retrained = retrain(spec, trial, on_epoch_end=lambda epoch, _metrics: epochs.update())
+    finally:
+        epochs.close()
     verdict = "identical" if retrained.identical else "DIFFERENT"
     print(
         f"retrained trial {trial.number} with seed {retrained.seed}: {metric} "

@@ -13,6 +13,7 @@ from ._cli_common import (
     EXIT_OK,
     Commands,
     check_range,
+    progress_bar,
     storage_flag,
     tracking_flags,
     tracking_from,
@@ -167,12 +168,15 @@ def _cmd_compare(args: argparse.Namespace) -> int:
             studies[study.study_name], specs[study.study_name] = study, stored_spec(study)
         rows += study_rows(job, mine)
     print("retraining each study's best configuration once for its test accuracy ...")
-    add_test_accuracy(rows, studies, specs)
+    with progress_bar(len(jobs), "test accuracy", unit="study") as bar:
+        add_test_accuracy(rows, studies, specs, progress=bar.update)
     print(f"training the best configuration with {args.noise_trainings} other seeds ...")
-    add_noise_check(rows, studies, specs, args.noise_trainings)
+    with progress_bar(args.noise_trainings, "noise check", unit="training") as bar:
+        add_noise_check(rows, studies, specs, args.noise_trainings, progress=bar.update)
     if any(a.pruner != "none" for a in comparison.arms) and args.audit > 0:
         print(f"re-training up to {args.audit} pruned trials per arm to full length ...")
-        add_pruning_audit(rows, studies, specs, args.audit)
+        with progress_bar(None, "pruning audit", unit="trial") as bar:
+            add_pruning_audit(rows, studies, specs, args.audit, progress=bar.update)
 
     out.mkdir(parents=True, exist_ok=True)
     write_rows(rows, out / "results.csv")

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import argparse
 import time
+from typing import Any
 
 from ._cli_common import (
     EXIT_OK,
     Commands,
     check_range,
+    progress_bar,
 )
 
 
@@ -190,9 +192,21 @@ def _cmd_download(args: argparse.Namespace) -> int:
     check_range(args.timeout, "--timeout", 0.1, 3600)
     target = args.data_dir or default_data_dir(args.dataset)
     files = ["t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"] if args.test_only else None
-    path = download_dataset(
-        args.dataset, target, base_url=args.base_url, files=files, timeout=args.timeout
-    )
+    bars: dict[str, Any] = {}
+
+    def show(filename: str, done: int, total: int | None) -> None:
+        if filename not in bars:
+            bars[filename] = progress_bar(total, filename, unit="B", unit_scale=True)
+        bars[filename].update(done - bars[filename].n)
+
+    try:
+        path = download_dataset(
+            args.dataset, target, base_url=args.base_url, files=files, timeout=args.timeout,
+            on_progress=show,
+        )  # fmt: skip
+    finally:
+        for bar in bars.values():
+            bar.close()
     print(f"{args.dataset}: files verified in {path}")
     return EXIT_OK
 

@@ -354,7 +354,10 @@ class Extras:
 
 
 def add_test_accuracy(
-    rows: list[Row], studies: dict[str, optuna.Study], specs: dict[str, StudySpec]
+    rows: list[Row],
+    studies: dict[str, optuna.Study],
+    specs: dict[str, StudySpec],
+    progress: Callable[[], None] = lambda: None,
 ) -> None:
     """Retrain each arm-seed study's best configuration once (its own seed, so the identical
     network) and record its accuracy on the held-out test split: the only use of that split.
@@ -376,10 +379,15 @@ def add_test_accuracy(
         if not retrained.identical:
             raise RuntimeError(f"{retrained!r}: the best trial of {best.study} did not reproduce")
         best.test_acc = evaluate_on_test(retrained).acc
+        progress()
 
 
 def add_noise_check(
-    rows: list[Row], studies: dict[str, optuna.Study], specs: dict[str, StudySpec], trainings: int
+    rows: list[Row],
+    studies: dict[str, optuna.Study],
+    specs: dict[str, StudySpec],
+    trainings: int,
+    progress: Callable[[], None] = lambda: None,
 ) -> Extras:
     """Train the best configuration of all with `trainings` different seeds on its split: how
     far apart results land by chance alone, the yardstick for differences between arms."""
@@ -409,6 +417,7 @@ def add_noise_check(
                 params=best.params,
             )
         )  # fmt: skip
+        progress()
     extras.noise_config, extras.noise_study = best.params, best.study
     return extras
 
@@ -418,6 +427,7 @@ def add_pruning_audit(
     studies: dict[str, optuna.Study],
     specs: dict[str, StudySpec],
     per_arm: int,
+    progress: Callable[[], None] = lambda: None,
 ) -> None:
     """Re-train a sample of pruned trials to full length (their own seeds) and record where
     they would have ended: what pruning cost, as well as what it saved."""
@@ -444,6 +454,7 @@ def add_pruning_audit(
             )
             values = history[spec.study.metric]
             row.full_length_value = values[-1] if values else None
+            progress()
 
 
 def budget_index(fraction: float, n_trials: int) -> int:

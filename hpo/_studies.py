@@ -137,9 +137,7 @@ def prepare_study(settings: StorageSettings, spec: StudySpec) -> bool:
             storage.engine.dispose()
 
 
-def _name_the_metric(
-    storage: optuna.storages.RDBStorage, study_id: int, spec: StudySpec
-) -> None:
+def _name_the_metric(storage: optuna.storages.RDBStorage, study_id: int, spec: StudySpec) -> None:
     """Studies created before their metric was named get its name (dashboards show it)."""
     if METRIC_NAMES_ATTR not in storage.get_study_system_attrs(study_id):
         storage.set_study_system_attr(study_id, METRIC_NAMES_ATTR, [spec.study.metric])

@@ -146,3 +146,53 @@ def test_a_reader_that_goes_away_ends_the_command_quietly(tmp_path):
         os.close(write_end)
     assert done.returncode == 141, done.stderr
     assert done.stderr == ""
+
+
+def _on_a_terminal(argv: list[str], cwd: Path) -> tuple[int, str]:
+    """Run `hpo ARGV` with its standard error on a pseudo-terminal, as a user sees it."""
+    import fcntl
+    import pty
+    import struct
+    import termios
+
+    leader, follower = pty.openpty()
+    fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0))  # a window
+    process = subprocess.Popen(
+        [sys.executable, "-m", "hpo.cli", *argv], cwd=cwd, stdout=subprocess.DEVNULL,
+        stderr=follower, stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+    os.close(follower)
+    chunks = []
+    while True:
+        try:
+            chunk = os.read(leader, 4096)
+        except OSError:  # the terminal closed: the process has ended
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    os.close(leader)
+    return process.wait(timeout=120), b"".join(chunks).decode(errors="replace")
+
+
+def test_long_commands_show_their_progress_on_a_terminal(tmp_path, mnist_dir, tiny_study_file):
+    code, screen = _on_a_terminal(
+        ["download", "mnist", "--test-only", "--data-dir", str(tmp_path / "m"),
+         "--base-url", mnist_dir.as_uri()],
+        tmp_path,
+    )  # fmt: skip
+    assert code == 0, screen
+    assert "t10k-images-idx3-ubyte.gz" in screen  # the bar of the file being fetched
+    assert "/1.65M" in screen, screen  # its size, in bytes per second units
+    study = tiny_study_file(n_trials=2, epochs=3)
+    text = study.read_text().replace("n_samples = 600", "n_samples = 600\ntest_fraction = 0.2")
+    study.write_text(text)
+    storage = f"sqlite:///{tmp_path / 's.db'}"
+    code, screen = _on_a_terminal(["run", str(study), "--storage", storage, "--no-mlflow"],
+                                  tmp_path)  # fmt: skip
+    assert code == 0, screen
+    assert "trial/s" in screen or "trial]" in screen, screen
+    code, screen = _on_a_terminal(["best", "tiny", "--storage", storage, "--no-mlflow",
+                                   "--retrain"], tmp_path)  # fmt: skip
+    assert code == 0, screen
+    assert "retraining trial" in screen, screen

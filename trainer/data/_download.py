@@ -16,7 +16,7 @@ import os
 import tempfile
 import urllib.error
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from ._errors import DatasetError
@@ -73,6 +73,7 @@ def download_dataset(
     base_url: str | None = None,
     files: Sequence[str] | None = None,
     timeout: float = 30.0,
+    on_progress: Callable[[str, int, int | None], None] | None = None,
 ) -> Path:
     """Download the IDX files of ``name`` into ``dest_dir`` and return that directory.
 
@@ -83,7 +84,8 @@ def download_dataset(
 
     ``base_url`` replaces the built-in mirrors (any ``urllib`` URL, ``file://``
     included); ``files`` restricts the download to some of the four official
-    names, e.g. only the ``t10k-*`` pair.
+    names, e.g. only the ``t10k-*`` pair. ``on_progress(filename, bytes_so_far,
+    total_bytes_or_None)`` is called as each file arrives, for a progress bar.
     """
     if name not in _MIRRORS:
         raise DatasetError(
@@ -115,7 +117,9 @@ def download_dataset(
             logger.warning(
                 "%s: %s has MD5 %s, expected %s; downloading it again", name, target, actual, md5
             )
-        _fetch_from_mirrors(name, filename, mirrors, target, md5=md5, timeout=timeout)
+        _fetch_from_mirrors(
+            name, filename, mirrors, target, md5=md5, timeout=timeout, on_progress=on_progress
+        )
     return dest
 
 
@@ -134,13 +138,20 @@ def _check_files(name: str, files: Sequence[str] | None) -> tuple[str, ...]:
 
 
 def _fetch_from_mirrors(
-    name: str, filename: str, mirrors: Sequence[str], target: Path, *, md5: str, timeout: float
+    name: str,
+    filename: str,
+    mirrors: Sequence[str],
+    target: Path,
+    *,
+    md5: str,
+    timeout: float,
+    on_progress: Callable[[str, int, int | None], None] | None = None,
 ) -> None:
     failures = []
     for i, mirror in enumerate(mirrors):
         url = _join(mirror, filename)
         try:
-            _fetch(url, target, md5=md5, timeout=timeout)
+            _fetch(url, target, md5=md5, timeout=timeout, on_progress=on_progress)
         except _NetworkError as exc:
             failures.append(f"{url} ({exc.reason})")
             if i + 1 < len(mirrors):
@@ -166,7 +177,14 @@ class _NetworkError(Exception):
         self.reason = reason
 
 
-def _fetch(url: str, target: Path, *, md5: str, timeout: float) -> None:
+def _fetch(
+    url: str,
+    target: Path,
+    *,
+    md5: str,
+    timeout: float,
+    on_progress: Callable[[str, int, int | None], None] | None = None,
+) -> None:
     logger.info("downloading %s to %s", url, target)
     try:
         fd, tmp_name = tempfile.mkstemp(
@@ -180,9 +198,14 @@ def _fetch(url: str, target: Path, *, md5: str, timeout: float) -> None:
         with os.fdopen(fd, "wb") as out:
             try:
                 with urllib.request.urlopen(url, timeout=timeout) as response:
+                    length = response.headers.get("Content-Length")
+                    total, done = (int(length) if length else None), 0
                     while chunk := response.read(_CHUNK):
                         digest.update(chunk)
                         out.write(chunk)
+                        done += len(chunk)
+                        if on_progress is not None:
+                            on_progress(target.name, done, total)
             except urllib.error.HTTPError as exc:
                 raise _NetworkError(str(exc)) from exc
             except urllib.error.URLError as exc:
