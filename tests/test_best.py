@@ -135,6 +135,7 @@ def _assert_loads_without_the_project(
         assert np.array_equal(labels, expected)
 
 
+@pytest.mark.slow
 def test_retrain_publishes_and_registers_a_model_that_predicts_like_the_trainer(
     tracking_uri, tiny_study_file, tmp_path, default_tracking_uri
 ):
@@ -226,6 +227,7 @@ def test_retrain_publishes_and_registers_a_model_that_predicts_like_the_trainer(
     assert len(client.search_model_versions(f"name = '{model_name}'")) == 1
 
 
+@pytest.mark.slow
 def test_retrain_without_mlflow_and_when_things_go_wrong(tiny_study_file, tmp_path, capsys):
     storage = f"sqlite:///{tmp_path / 'studies.db'}"
     study = _run_study(tiny_study_file(n_trials=4, epochs=3), storage, tmp_path, "--no-mlflow")

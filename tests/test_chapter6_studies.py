@@ -16,6 +16,8 @@ import pytest
 from hpo._errors import ConfigError
 from hpo._studyfile import load_study_file, parse_study
 
+pytestmark = pytest.mark.slow  # the fast tier: pytest -m 'not slow'
+
 STUDIES = Path(__file__).resolve().parent.parent / "studies"
 HPO = [sys.executable, "-m", "hpo.cli"]
 

@@ -19,6 +19,8 @@ import optuna
 import pytest
 from scipy.stats import mannwhitneyu
 
+pytestmark = pytest.mark.slow  # the fast tier: pytest -m 'not slow'
+
 HPO = [sys.executable, "-m", "hpo.cli"]
 N_TRIALS, SEEDS, EPOCHS = 8, 2, 15
 ARMS = ["random+none", "random+median", "tpe+none", "tpe+median"]

@@ -343,6 +343,7 @@ def mlflow_database_url(fresh_postgres_url: str) -> Iterator[str]:
         engine.dispose()
 
 
+@pytest.mark.slow
 def test_the_stacks_commands_run_a_study_with_two_workers(
     fresh_postgres_url, mlflow_database_url, tiny_study_file, tmp_path
 ):

@@ -29,6 +29,8 @@ from _postgres import ThrowawayPostgres, pg_bin
 from mlflow import MlflowClient
 from sqlalchemy.engine import make_url
 
+pytestmark = pytest.mark.slow  # the fast tier: pytest -m 'not slow'
+
 HPO = [sys.executable, "-m", "hpo.cli"]
 FAST_STALENESS = {"HPO_HEARTBEAT_INTERVAL": "1", "HPO_GRACE_PERIOD": "3"}
 

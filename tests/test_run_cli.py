@@ -17,6 +17,8 @@ from _checks import assert_study_is_whole
 from hpo._storage import count_trials, open_storage, resolve_storage
 from hpo._studies import records
 
+pytestmark = pytest.mark.slow  # the fast tier: pytest -m 'not slow'
+
 HPO = [sys.executable, "-m", "hpo.cli"]
 FAST_STALENESS = {"HPO_HEARTBEAT_INTERVAL": "1", "HPO_GRACE_PERIOD": "3"}
 

@@ -15,6 +15,8 @@ import optuna
 import pytest
 from _checks import assert_study_is_whole
 
+pytestmark = pytest.mark.slow  # the fast tier: pytest -m 'not slow'
+
 HPO = [sys.executable, "-m", "hpo.cli"]
 
 

@@ -132,6 +132,7 @@ def test_failed_trials_do_not_count_and_a_broken_objective_stops(storage_url, sp
     assert (more.run().failed, more.run().stopped_by) == (4, "failures")
 
 
+@pytest.mark.slow
 @pytest.mark.filterwarnings("ignore:Heartbeat of storage is supposed")
 def test_a_dead_workers_trial_is_failed_and_retried_once_with_its_seed(storage_url, spec):
     settings = _settings(storage_url)
@@ -158,6 +159,7 @@ def test_a_dead_workers_trial_is_failed_and_retried_once_with_its_seed(storage_u
     assert counts == {"COMPLETE": 5, "FAIL": 1}
 
 
+@pytest.mark.slow
 @pytest.mark.filterwarnings("ignore:Heartbeat of storage is supposed")
 def test_a_trial_that_never_beat_is_recovered_too(storage_url, spec):
     settings = _settings(storage_url)

@@ -27,6 +27,8 @@ from hpo._studies import join_study, prepare_study
 from hpo._studyfile import load_study_file
 from hpo._tracking import RUN_ID_ATTR, TrackingSettings
 
+pytestmark = pytest.mark.slow  # the fast tier: pytest -m 'not slow'
+
 HPO = [sys.executable, "-m", "hpo.cli"]
 
 

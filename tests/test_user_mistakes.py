@@ -238,6 +238,7 @@ def test_a_sqlite_file_in_a_read_only_place_is_one_line(capsys, mount_tmpfs, tmp
     _fails_in_one_line(capsys, argv, "Read-only file system")
 
 
+@pytest.mark.slow
 def test_a_full_disk_is_one_line_and_the_next_run_finishes_the_study(mount_tmpfs, tmp_path):
     disk = mount_tmpfs("full", "size=400k")
     study = _study(tmp_path, DIGITS.replace("n_trials = 2", "n_trials = 400"), "tiny.toml")
