@@ -124,20 +124,46 @@ def curve_panels(study: optuna.Study, metric: str, top: int) -> list[figures.Cur
     return panels
 
 
-def setting_curves(study: optuna.Study) -> list[figures.SettingCurves]:
-    """Each finished trial's history, labelled by its settings, in trial order."""
+def setting_curves(study: optuna.Study, spec: StudySpec) -> list[figures.SettingCurves]:
+    """Each finished trial's history, labelled by its settings, in the grid's order (the
+    file's order of choices, so that a scale of weights reads from one end to the other).
+
+    Beyond `figures.MAX_COLOURS` settings one colour each would repeat: a grid of two
+    settings, one of them with at most 4 values, is then drawn a row per value of that one
+    (Batch Normalization on, off) and a colour per value of the other.
+    """
+    grid = spec.space.grid()
+    finished = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED))
+    finished = sorted(finished, key=lambda trial: _grid_position(trial.params, grid))
+    rows = None
+    if len(finished) > figures.MAX_COLOURS and len(grid) == 2:
+        fewer = min(grid, key=lambda name: len(grid[name]))
+        rows = fewer if len(grid[fewer]) <= 4 else None
     curves = []
-    for trial in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)):
+    for trial in finished:
         history = trial.user_attrs.get("history") or {}
+        diverged = trial.user_attrs.get("diverged")
+        params = {k: v for k, v in trial.params.items() if k != rows}
         curves.append(
             figures.SettingCurves(
-                label=describe(trial.params) or f"trial {trial.number}",
+                label=describe(params) or f"trial {trial.number}",
                 train_loss=list(history.get("train_loss", [])),
                 train_acc=list(history.get("train_acc", [])),
                 val_acc=list(history.get("val_acc", [])),
+                group=describe({rows: trial.params[rows]}) if rows in trial.params else "",
+                note=f"diverged in epoch {diverged['epoch']}" if diverged else "",
             )
         )
     return curves
+
+
+def _grid_position(params: dict[str, object], grid: dict[str, list[object]]) -> tuple[int, ...]:
+    """Where a trial's settings sit in the grid's choices; a value not there goes last."""
+    position = []
+    for name, values in grid.items():
+        index = next((i for i, v in enumerate(values) if same_value(params.get(name), v)), None)
+        position.append(len(values) if index is None else index)
+    return tuple(position)
 
 
 def grid_panels(study: optuna.Study, spec: StudySpec) -> list[figures.GridPanel] | None:
@@ -352,7 +378,7 @@ def write_report(
 
     panels = grid_panels(study, spec) if spec.sampler.name == "grid" else None
     if spec.sampler.name == "grid":
-        curves = setting_curves(study)
+        curves = setting_curves(study, spec)
         save(
             SETTINGS_FIGURE,
             lambda: figures.settings_figure(
