@@ -106,10 +106,10 @@ class BatchedTrialStorage(BaseStorage, BaseHeartbeat):
         if not self.enabled or template_trial is not None:  # templates: retries, enqueues
             return self.inner.create_new_trial(study_id, template_trial)
         trial = self._insert_trial(study_id)  # `ask`
+        self._adopt(trial._trial_id, trial)  # first: a stop from here on finds it live
         with self.inner._lock:  # as the cache records the trials it creates
             self.inner._studies.setdefault(study_id, _StudyInfo())
             self.inner._add_trials_to_cache(study_id, [copy.deepcopy(trial)])
-        self._adopt(trial._trial_id, trial)
         return trial._trial_id
 
     def _insert_trial(self, study_id: int) -> FrozenTrial:
@@ -272,6 +272,11 @@ class BatchedTrialStorage(BaseStorage, BaseHeartbeat):
             self._flushed.discard(trial_id)
             self._ended = {trial_id: live}  # for tell's read back, then from the storage
         return True
+
+    def live_trial_ids(self) -> list[int]:
+        """This worker's trials that are running and not yet told."""
+        with self._lock:
+            return list(self._live)
 
     def _forget(self, trial_id: int) -> None:
         with self._lock:

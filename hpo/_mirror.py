@@ -118,33 +118,43 @@ class Mirror:
         self.release_worker_ends()
         if not self._tell(("close", interrupted, True)):
             return self._gave_up("its process ended early")
+        answer = self._answer(stall_timeout)
+        if answer is None:
+            return self._gave_up(f"no answer within {stall_timeout:.0f} s")
+        if answer[0] == "finished":
+            return str(answer[1])
+        if answer[0] == "ended":
+            return self._gave_up("its process ended without a word; see above")
+        return self._gave_up(str(answer[1]))
+
+    def abandon(self, stall_timeout: float = 20.0) -> None:
+        """Stop the mirror without a closing sync (the run never started). It may be creating
+        the store, which it reports as progress: waited for, since a kill would leave the
+        store half-migrated."""
+        if self._control.closed:
+            return
+        self.release_worker_ends()
+        if self._tell(("close", False, False)):
+            self._answer(stall_timeout)
+
+    def _answer(self, stall_timeout: float) -> tuple[Any, ...] | None:
+        """The mirror's last word ("finished" or "failed", or ("ended",) when it ends
+        without one), waiting while it reports progress and at most `stall_timeout` s for
+        any one step; None if it stalled (it is then killed)."""
         deadline = time.monotonic() + stall_timeout
-        answered = False
+        answer: tuple[Any, ...] | None = None
         try:
             while self._control.poll(max(0.0, deadline - time.monotonic())):
                 message = self._control.recv()
                 if message[0] == "progress":
                     deadline = time.monotonic() + stall_timeout
-                elif message[0] == "finished":
-                    answered = True
-                    return str(message[1])
-                elif message[0] == "failed":
-                    answered = True
-                    return self._gave_up(str(message[1]))
-        except (EOFError, OSError):
-            return self._gave_up("its process ended early")
-        finally:
-            self._stop(timeout=5.0 if answered else 0.5)
-        return self._gave_up(f"no answer within {stall_timeout:.0f} s")
-
-    def abandon(self) -> None:
-        """Stop the mirror without a closing sync (the run never started). It may be creating
-        the store: given time to finish that, which a kill would leave half-migrated."""
-        if not self._process.is_alive() and self._control.closed:
-            return
-        self.release_worker_ends()
-        self._tell(("close", False, False))
-        self._stop(timeout=30.0)
+                elif message[0] in ("finished", "failed"):
+                    answer = message
+                    break
+        except (EOFError, OSError):  # it ended, with nothing more to say
+            answer = ("ended",)
+        self._stop(timeout=5.0 if answer is not None else 0.5)
+        return answer
 
     def _tell(self, message: tuple[Any, ...]) -> bool:
         try:

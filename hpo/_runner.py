@@ -12,6 +12,7 @@ fail, or go stale because its worker died, and then it is retried here.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
 import threading
@@ -190,11 +191,20 @@ class Worker:
                 return self._run_until_done(result, deadline)
         except KeyboardInterrupt:
             result.stopped_by = "interrupt"
+            self._fail_own_running_trials()
             raise
         finally:
             self._claims.close()
             for lock in self._sweep_locks.values():
                 lock.close()
+
+    def _fail_own_running_trials(self) -> None:
+        """On a stop: fail the trial this worker had started and not yet told, wherever the
+        stop came (while it was asked for, sampled, or told), so none is left RUNNING."""
+        for trial_id in self.joined.batched.live_trial_ids():
+            # UpdateFinishedTrialError: its tell was stored after all, or a sweeper failed it.
+            with contextlib.suppress(optuna.exceptions.UpdateFinishedTrialError):
+                self.joined.batched.set_trial_state_values(trial_id, TrialState.FAIL)
 
     def _run_until_done(self, result: WorkerResult, deadline: float | None) -> WorkerResult:
         streak = 0

@@ -80,6 +80,12 @@ class TrackingSettings:
     uri: str | None = None
     experiment: str | None = None  # default: the study's name
 
+    @property
+    def remote(self) -> bool:
+        """Whether the store is a tracking server (else a database or files, local work)."""
+        uri = self.uri or DEFAULT_URI
+        return uri.startswith(("http://", "https://", "databricks"))
+
     def describe(self) -> str:
         if not self.enabled:
             return "off"

@@ -21,7 +21,7 @@ import queue
 import signal
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, wait
 from typing import Any
@@ -87,6 +87,7 @@ class Backend:
         self._study_ready = threading.Event()
         self._study_known = False
         self._closing = False
+        self._making_client = False
         self._next_setup = 0.0
         self._down_until = 0.0
         self._warned = False
@@ -188,6 +189,8 @@ class Backend:
         self._closing = True
         self._study_ready.set()  # a setup still waiting for the study gives up
         self._starts.put(None)
+        while self._making_client:  # never cut a store's creation short (see _keep_alive)
+            self._starter.join(1.0)
         self._starter.join(timeout)
 
     # -- the end of the run --------------------------------------------------------------------
@@ -263,7 +266,12 @@ class Backend:
         from ._studies import load_existing_study
 
         if self.client is None:
-            self.client = make_client(self.tracking)
+            self._making_client = True
+            try:
+                with _keep_alive(lambda: self.progress()):  # local work: importing, the store
+                    self.client = make_client(self.tracking)
+            finally:
+                self._making_client = False
             gc.collect()
             gc.freeze()  # MLflow's modules live as long as we do: the collector need not walk them
             self.progress()
@@ -368,6 +376,26 @@ class Backend:
         return value > self._best if self._maximize else value < self._best
 
 
+@contextlib.contextmanager
+def _keep_alive(beat: Callable[[], None], every: float = 2.0) -> Iterator[None]:
+    """Progress beats while local work runs (importing MLflow, creating or migrating a local
+    store: slow on a loaded machine, but it ends, and killing it would leave the store
+    half-migrated). Calls to a server get none: a server that hangs must show as a stall."""
+    done = threading.Event()
+
+    def beating() -> None:
+        while not done.wait(every):
+            beat()
+
+    thread = threading.Thread(target=beating, name="keep-alive", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        done.set()
+        thread.join()
+
+
 def _first_line(error: BaseException) -> str:
     text = str(error).strip()
     return text.splitlines()[0][:200] if text else type(error).__name__
@@ -403,6 +431,16 @@ def _read(control: Connection, channels: list[Connection], inbox: queue.Queue[An
 
 def serve(control: Connection, channels: list[Connection], config: dict[str, Any]) -> None:
     """The mirror process: mirror the workers' trials until `hpo run` says finish, or dies."""
+    with contextlib.ExitStack() as stack:
+        _serve(control, channels, config, stack)
+
+
+def _serve(
+    control: Connection,
+    channels: list[Connection],
+    config: dict[str, Any],
+    stack: contextlib.ExitStack,
+) -> None:
     # Ctrl-C and SIGTERM are for hpo run and its workers, which then tell us to close (after
     # their last messages): ending here first would lose those messages.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -412,6 +450,10 @@ def serve(control: Connection, channels: list[Connection], config: dict[str, Any
     inbox: queue.Queue[Any] = queue.Queue()
     threading.Thread(target=_read, args=(control, channels, inbox), daemon=True).start()
     backend = Backend(config, channels)
+    if not config["tracking"].remote:
+        # Every call to a local store is local work: slow on a loaded machine, never hung.
+        # Only a server's calls are held to the stall limit of `Mirror.close`.
+        stack.enter_context(_keep_alive(lambda: backend.progress()))
     open_channels = set(range(len(channels)))
     finishing: tuple[Any, ...] | None = None
     finish_deadline = 0.0

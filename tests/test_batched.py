@@ -268,3 +268,50 @@ def test_a_running_trials_values_are_read_back_before_they_are_written(storage_u
     assert _stored(storage_url, "tiny")[0].system_attrs == {}  # not yet in the database
     storage.flush_trial(trial_id)
     assert _stored(storage_url, "tiny")[0].system_attrs == {"grid_id": 3}
+
+
+def _joined_worker(url: str, spec) -> tuple[Worker, object]:
+    settings = resolve_storage(url)
+    prepare_study(settings, spec)
+    joined = join_study(settings, spec, worker_index=0)
+    splits = load_splits(spec.data, seed=spec.study.seed)
+    objective = build_objective(joined, spec, splits)
+    return Worker(joined, settings, objective, n_trials=spec.study.n_trials), joined
+
+
+@pytest.mark.parametrize("where", ["sampled", "told"])
+def test_a_stop_outside_training_leaves_no_trial_running(tmp_path, spec, where):
+    """A signal (here its KeyboardInterrupt, raised where the signal would land) can arrive
+    after a trial was created but before its worker trains it, or while its end is written:
+    the worker still fails the trial on its way out, as it does when training is stopped."""
+    url = f"sqlite:///{tmp_path / 'stop.db'}"
+    worker, joined = _joined_worker(url, spec)
+    calls = {"n": 0}
+    if where == "sampled":
+        sampler = joined.study.sampler
+        infer = sampler.infer_relative_search_space
+
+        def stopped_on_the_second(study, trial):
+            calls["n"] += 1
+            if calls["n"] == 2:
+                raise KeyboardInterrupt
+            return infer(study, trial)
+
+        sampler.infer_relative_search_space = stopped_on_the_second
+    else:
+        write = joined.batched._write
+
+        def stopped_before_the_second_end(trial_id, pending, **ends):
+            if ends.get("state") is not None and ends["state"].is_finished():
+                calls["n"] += 1
+                if calls["n"] == 2:
+                    raise KeyboardInterrupt
+            return write(trial_id, pending, **ends)
+
+        joined.batched._write = stopped_before_the_second_end
+    with pytest.raises(KeyboardInterrupt):
+        worker.run()
+    states = [t.state for t in _stored(url, spec.study.name)]
+    assert len(states) == 2, states
+    assert states[1] == TrialState.FAIL, states
+    assert TrialState.RUNNING not in states

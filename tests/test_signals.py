@@ -14,6 +14,7 @@ from pathlib import Path
 import optuna
 import pytest
 from _checks import assert_study_is_whole
+from _processes import descendants
 
 pytestmark = pytest.mark.slow  # the fast tier: pytest -m 'not slow'
 
@@ -35,25 +36,6 @@ def _start(study_file: Path, storage_url: str, cwd: Path, *extra: str) -> subpro
         env=_env(storage_url), cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
         text=True, start_new_session=True,
     )  # fmt: skip
-
-
-def _descendants(pid: int) -> set[int]:
-    """Every live process below `pid`, from /proc."""
-    parents: dict[int, int] = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if fields[0] != "Z":  # a zombie has ended; it only waits to be reaped
-            parents[int(entry.name)] = int(fields[1])
-    found, frontier = set(), {pid}
-    while frontier:
-        frontier = {child for child, parent in parents.items() if parent in frontier}
-        found |= frontier
-    return found
 
 
 def _alive(pids: set[int]) -> set[int]:
@@ -99,7 +81,7 @@ def test_sigterm_stops_a_run_like_ctrl_c(workers, slow_study, tmp_path):
     storage = f"sqlite:///{tmp_path / 'study.db'}"
     process = _start(slow_study, storage, tmp_path, "--workers", str(workers), "--no-mlflow")
     _wait_for_training(storage, process, running=workers)
-    below = _descendants(process.pid)
+    below = descendants(process.pid)
     process.send_signal(signal.SIGTERM)
     _out, err = process.communicate(timeout=90)
     assert process.returncode == 143, err
@@ -125,7 +107,7 @@ def test_workers_end_with_their_parent_even_after_kill_9(slow_study, tmp_path):
     tracking = f"sqlite:///{tmp_path / 'mlflow.db'}"
     process = _start(slow_study, storage, tmp_path, "--workers", "2", "--tracking-uri", tracking)
     _wait_for_training(storage, process, running=2)
-    below = _descendants(process.pid)
+    below = descendants(process.pid)
     assert len(below) >= 3, below  # two workers and the mirror
     os.kill(process.pid, signal.SIGKILL)
     _out, err = process.communicate(timeout=30)
@@ -145,7 +127,7 @@ def test_sigterm_to_one_worker_is_reported_and_the_others_finish(slow_study, tmp
     process = _start(slow_study, storage, tmp_path, "--workers", "2", "--no-mlflow")
     _wait_for_training(storage, process, running=2)
     workers = sorted(
-        pid for pid in _descendants(process.pid)
+        pid for pid in descendants(process.pid)
         if b"--worker" in Path(f"/proc/{pid}/cmdline").read_bytes()
     )  # fmt: skip
     assert len(workers) == 2
