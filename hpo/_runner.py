@@ -351,8 +351,9 @@ class Worker:
         key = threading.get_ident()
         if key not in self._sweep_locks:
             name = f"sweep:{self.study.study_name}"
+            # Sweeps are seconds apart: the lock's connection is given back after each.
             self._sweep_locks[key] = StorageLock(
-                self.settings, name, timeout=self.settings.patience, reuse=True
+                self.settings, name, timeout=self.settings.patience
             )
         return self._sweep_locks[key]
 

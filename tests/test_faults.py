@@ -414,10 +414,12 @@ def test_eight_workers_finish_one_study_with_bounded_connections(
     states = assert_study_is_whole(fresh_postgres_url, n_trials)
     assert states["FAIL"] == 0, states
     assert_mirrored_once(fresh_postgres_url, mlflow_server.uri, group.experiment)
-    # Per worker: Optuna's session (one per thread: trials, heartbeat) in a pool of at most
-    # 2 + 2 overflow, and the claim lock's own connection.
-    assert 0 < peak <= n_workers * 5, peak
-    print(f"\n{n_workers} workers: peak connections {peak} (bound {n_workers * 5})")
+    # Per `hpo run` (one worker each here): Optuna's sessions (trials, heartbeat, sweeper
+    # thread) in a pool of at most 2 + 2 overflow, the claim lock's connection, a sweep
+    # lock's while it sweeps, and the mirror's reads of the study; and the counter's own.
+    bound = n_workers * 7 + 1
+    assert 0 < peak <= bound, peak
+    print(f"\n{n_workers} workers: peak connections {peak} (bound {bound})")
 
 
 # -- 5. bad input at the service edge ----------------------------------------------------------
