@@ -21,9 +21,9 @@ with the paired change in training time itself, which would show a storage that 
 training down (it should be about zero).
 
 Two settings: the book's random search without pruning, and TPE with the median pruner as
-`hpo run` prunes (decided on an in-memory mirror of the study, see `hpo._pruning`); a third
+`hpo run` prunes (decided on an in-memory mirror of the study, see `hpo.engine.pruning`); a third
 row shows what Optuna's usual way costs instead: a report and a pruner call through the
-storage at every epoch, each write its own transaction (`hpo._batched` turned off).
+storage at every epoch, each write its own transaction (`hpo.storage.batched` turned off).
 """
 
 from __future__ import annotations
@@ -42,14 +42,14 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 import optuna
 
-from hpo import _runner
-from hpo._data import load_splits
-from hpo._objective import Objective
-from hpo._run import build_objective, settle_heap
-from hpo._runner import Worker
-from hpo._storage import resolve_storage
-from hpo._studies import join_study, prepare_study, sampler_seed
-from hpo._studyfile import load_study_file
+from hpo.engine import worker as _runner
+from hpo.engine.launch import build_objective, settle_heap
+from hpo.engine.objective import Objective
+from hpo.engine.worker import Worker
+from hpo.spec.data import load_splits
+from hpo.spec.study_file import load_study_file
+from hpo.storage.database import resolve_storage
+from hpo.storage.studies import join_study, prepare_study, sampler_seed
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -33,14 +33,14 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 import optuna
 
-from hpo._data import load_splits
-from hpo._mirror import Mirror, TrialMirror
-from hpo._objective import Objective
-from hpo._runner import Worker
-from hpo._storage import resolve_storage
-from hpo._studies import join_study, prepare_study
-from hpo._studyfile import load_study_file
-from hpo._tracking import TrackingSettings
+from hpo.engine.objective import Objective
+from hpo.engine.worker import Worker
+from hpo.spec.data import load_splits
+from hpo.spec.study_file import load_study_file
+from hpo.storage.database import resolve_storage
+from hpo.storage.studies import join_study, prepare_study
+from hpo.tracking.mirror import Mirror, TrialMirror
+from hpo.tracking.runs import TrackingSettings
 
 REPO = Path(__file__).resolve().parents[1]
 HPO = [sys.executable, "-m", "hpo.cli"]

@@ -1,4 +1,4 @@
-"""A running trial's writes in two transactions (hpo._batched), on a SQLite file and PostgreSQL.
+"""A running trial's writes in two transactions (hpo.storage.batched), on SQLite and PostgreSQL.
 
 What is stored must be what Optuna's own writes store, the parameters and seed must be in the
 database before training starts (a dead worker's retry needs them), and a flush must neither
@@ -12,13 +12,13 @@ import pytest
 import sqlalchemy
 from optuna.trial import TrialState
 
-from hpo._batched import _Pending
-from hpo._data import load_splits
-from hpo._run import build_objective
-from hpo._runner import Worker
-from hpo._storage import open_storage, resolve_storage
-from hpo._studies import join_study, prepare_study
-from hpo._studyfile import load_study_file
+from hpo.engine.launch import build_objective
+from hpo.engine.worker import Worker
+from hpo.spec.data import load_splits
+from hpo.spec.study_file import load_study_file
+from hpo.storage.batched import _Pending
+from hpo.storage.database import open_storage, resolve_storage
+from hpo.storage.studies import join_study, prepare_study
 
 
 @pytest.fixture

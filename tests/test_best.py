@@ -22,12 +22,12 @@ import optuna
 import pytest
 from threadpoolctl import threadpool_limits
 
-from hpo._best import best_trial, find_run_id, register, retrain
-from hpo._storage import resolve_storage
-from hpo._studies import prepare_study, stored_spec
-from hpo._studyfile import load_study_file
-from hpo._tracking import StudyRun, TrackingSettings
+from hpo.analysis.best import best_trial, find_run_id, register, retrain
 from hpo.cli import main
+from hpo.spec.study_file import load_study_file
+from hpo.storage.database import resolve_storage
+from hpo.storage.studies import prepare_study, stored_spec
+from hpo.tracking.runs import StudyRun, TrackingSettings
 
 HPO = [sys.executable, "-m", "hpo.cli"]
 

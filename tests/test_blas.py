@@ -5,7 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
-from hpo import _blas
+from hpo.engine import blas as _blas
 
 
 def test_single_thread_defaults_respect_user_settings():
@@ -18,7 +18,7 @@ def test_hpo_process_runs_openblas_with_one_thread():
     """In a real process the setting reaches OpenBLAS (it must precede NumPy's import)."""
     code = (
         "import os; os.environ.pop('OPENBLAS_NUM_THREADS', None)\n"
-        "from hpo import _blas; _blas.single_blas_thread()\n"
+        "from hpo.engine import blas as _blas; _blas.single_blas_thread()\n"
         "import numpy, threadpoolctl\n"
         "info = [i for i in threadpoolctl.threadpool_info() if i['user_api'] == 'blas']\n"
         "print(info[0]['num_threads'])\n"

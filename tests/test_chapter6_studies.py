@@ -13,8 +13,8 @@ from pathlib import Path
 import optuna
 import pytest
 
-from hpo._errors import ConfigError
-from hpo._studyfile import load_study_file, parse_study
+from hpo.errors import ConfigError
+from hpo.spec.study_file import load_study_file, parse_study
 
 pytestmark = pytest.mark.slow  # the fast tier: pytest -m 'not slow'
 

@@ -250,8 +250,8 @@ def test_an_interrupted_comparison_resumes_without_duplicating_trials(compare_fi
             break
     time.sleep(1.0)  # the second study is under way
     os.killpg(process.pid, signal.SIGINT)  # Ctrl-C reaches the whole group, as in a terminal
-    process.communicate(timeout=120)
-    assert process.returncode == 130
+    _out, err = process.communicate(timeout=120)
+    assert process.returncode == 130, err
     storage = f"sqlite:///{tmp_path / 'cmp.db'}"
     names = [s.study_name for s in optuna.get_all_study_summaries(storage)]
     assert names  # something was done before the interruption
@@ -373,7 +373,7 @@ def test_the_narrowing_arm_runs_the_books_stages_within_the_same_budget(compare_
     assert [int(r["index"]) for r in arm] == list(range(1, 10))  # one sequence, one budget
     bests = [float(r["best_so_far"]) for r in arm]
     assert bests == sorted(bests)  # the best so far is never lost between stages
-    from hpo._studyfile import load_study_file
+    from hpo.spec.study_file import load_study_file
 
     stage_dir = tmp_path / "report" / "stages"
     for j in (2, 3):

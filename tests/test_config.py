@@ -6,8 +6,8 @@ import dataclasses
 
 import pytest
 
-from hpo._config import DataConfig, TrainConfig
-from hpo._errors import ConfigError
+from hpo.errors import ConfigError
+from hpo.spec.config import DataConfig, TrainConfig
 from trainer import Adam, Momentum, MultiLayerNet
 
 

@@ -227,8 +227,8 @@ def test_the_worker_can_be_scaled():
 
 
 def test_the_worker_runs_a_study_file_that_loads(monkeypatch):
-    from hpo._studyfile import load_study_file
-    from hpo.cli import build_parser
+    from hpo.cli.main import build_parser
+    from hpo.spec.study_file import load_study_file
 
     command = _services()["worker"]["command"]
     assert command[0] == "hpo"
@@ -243,8 +243,8 @@ def test_the_worker_runs_a_study_file_that_loads(monkeypatch):
 
 
 def test_the_services_share_one_database_server_and_mlflow_has_its_own_database():
-    from hpo._storage import STORAGE_ENV
-    from hpo._tracking import TRACKING_URI_ENV
+    from hpo.storage.database import STORAGE_ENV
+    from hpo.tracking.runs import TRACKING_URI_ENV
 
     services = _services()
     postgres_env = services["postgres"]["environment"]
@@ -347,8 +347,8 @@ def mlflow_database_url(fresh_postgres_url: str) -> Iterator[str]:
 def test_the_stacks_commands_run_a_study_with_two_workers(
     fresh_postgres_url, mlflow_database_url, tiny_study_file, tmp_path
 ):
-    from hpo._storage import STORAGE_ENV
-    from hpo._tracking import TRACKING_URI_ENV
+    from hpo.storage.database import STORAGE_ENV
+    from hpo.tracking.runs import TRACKING_URI_ENV
 
     if not (BIN / "optuna-dashboard").exists():
         pytest.skip("optuna-dashboard is not installed: pip install -e '.[dev]'")

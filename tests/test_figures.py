@@ -18,18 +18,24 @@ import pytest
 from matplotlib.collections import LineCollection
 from matplotlib.colors import to_rgba
 
-from hpo._report import fmt
-from hpo._report_figures import (
+from hpo.analysis.figures import (
     figure_6_24,
     intermediate_values_figure,
     parallel_coordinate_figure,
     settings_figure,
 )
-from hpo._run import run_in_process
-from hpo._storage import resolve_storage
-from hpo._studies import prepare_study
-from hpo._study_report import DPI, curve_panels, history_study, setting_curves, write_report
-from hpo._studyfile import StudySpec, load_study_file
+from hpo.analysis.listing import fmt
+from hpo.analysis.study_report import (
+    DPI,
+    curve_panels,
+    history_study,
+    setting_curves,
+    write_report,
+)
+from hpo.engine.launch import run_in_process
+from hpo.spec.study_file import StudySpec, load_study_file
+from hpo.storage.database import resolve_storage
+from hpo.storage.studies import prepare_study
 
 # The batch-norm comparison of chapter 6 (16 weight scales x on/off = 32 settings) in small:
 # five layers of 40 ReLU units, 3 epochs on 300 digits. Without batch norm the two largest

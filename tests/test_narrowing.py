@@ -11,10 +11,8 @@ import numpy as np
 import pytest
 from optuna.trial import TrialState
 
-from hpo._data import load_splits
-from hpo._errors import ConfigError
-from hpo._keys import ENQUEUE_KEYS, NARROWING_KEYS
-from hpo._narrowing import (
+from hpo.analysis.listing import ranked_trials
+from hpo.analysis.narrowing import (
     KEPT,
     NARROWED,
     WIDENED,
@@ -29,14 +27,16 @@ from hpo._narrowing import (
     stage_text,
     write_next_stage,
 )
-from hpo._objective import Objective
-from hpo._report import ranked_trials
-from hpo._runner import Worker
-from hpo._space import ParamSpec
-from hpo._storage import resolve_storage
-from hpo._studies import fingerprint, join_study, load_existing_study, prepare_study
-from hpo._studyfile import StudySpec, load_study_file, parse_study
 from hpo.cli import main
+from hpo.engine.objective import Objective
+from hpo.engine.worker import Worker
+from hpo.errors import ConfigError
+from hpo.spec.data import load_splits
+from hpo.spec.keys import ENQUEUE_KEYS, NARROWING_KEYS
+from hpo.spec.space import ParamSpec
+from hpo.spec.study_file import StudySpec, load_study_file, parse_study
+from hpo.storage.database import resolve_storage
+from hpo.storage.studies import fingerprint, join_study, load_existing_study, prepare_study
 
 STUDIES = Path(__file__).resolve().parent.parent / "studies"
 LR = ParamSpec("lr", "float", 1e-6, 1e-2, log=True)  # the book's range: four decades

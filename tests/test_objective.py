@@ -7,9 +7,9 @@ import dataclasses
 import optuna
 import pytest
 
-from hpo._data import load_splits
-from hpo._objective import Objective, replay_trial, trial_seed
-from hpo._studyfile import load_study_file
+from hpo.engine.objective import Objective, replay_trial, trial_seed
+from hpo.spec.data import load_splits
+from hpo.spec.study_file import load_study_file
 from trainer.data import DataSplits
 
 

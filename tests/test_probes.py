@@ -14,8 +14,8 @@ import numpy as np
 import optuna
 import pytest
 
-from hpo._probes import ProbeObjective, f, histogram, optimizer_path, spread_entropy
-from hpo._studyfile import load_study_file
+from hpo.engine.probes import ProbeObjective, f, histogram, optimizer_path, spread_entropy
+from hpo.spec.study_file import load_study_file
 from trainer import SGD, make_optimizer
 
 STUDIES = Path(__file__).resolve().parent.parent / "studies"

@@ -5,13 +5,13 @@ from __future__ import annotations
 import optuna
 import pytest
 
-from hpo._data import load_splits
-from hpo._objective import Objective
-from hpo._run import pruning_mirror
-from hpo._runner import Worker
-from hpo._storage import resolve_storage
-from hpo._studies import join_study, prepare_study, sampler_seed
-from hpo._studyfile import load_study_file
+from hpo.engine.launch import pruning_mirror
+from hpo.engine.objective import Objective
+from hpo.engine.worker import Worker
+from hpo.spec.data import load_splits
+from hpo.spec.study_file import load_study_file
+from hpo.storage.database import resolve_storage
+from hpo.storage.studies import join_study, prepare_study, sampler_seed
 
 PRUNERS = {
     "median": "n_startup_trials = 3\nn_warmup_steps = 2\n",

@@ -24,17 +24,14 @@ from matplotlib import pyplot as plt
 from matplotlib.image import imread
 from optuna.trial import TrialState
 
-from hpo._report import best_lines, fmt, ranked_trials
-from hpo._report_figures import (
+from hpo.analysis.figures import (
     figure_6_24,
     intermediate_values_figure,
     lr_weight_decay_figure,
     param_importances_figure,
 )
-from hpo._run import run_in_process
-from hpo._storage import resolve_storage
-from hpo._studies import UID_ATTR, prepare_study, records, stored_spec
-from hpo._study_report import (
+from hpo.analysis.listing import best_lines, fmt, ranked_trials
+from hpo.analysis.study_report import (
     FILES,
     Report,
     curve_panels,
@@ -42,9 +39,12 @@ from hpo._study_report import (
     log_report,
     search_points,
 )
-from hpo._studyfile import StudySpec, load_study_file
-from hpo._tracking import TrackingSettings
 from hpo.cli import main
+from hpo.engine.launch import run_in_process
+from hpo.spec.study_file import StudySpec, load_study_file
+from hpo.storage.database import resolve_storage
+from hpo.storage.studies import UID_ATTR, prepare_study, records, stored_spec
+from hpo.tracking.runs import TrackingSettings
 
 HPO = [sys.executable, "-m", "hpo.cli"]
 PNGS = [name for name in FILES if name.endswith(".png")]

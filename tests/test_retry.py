@@ -1,5 +1,6 @@
-"""Which storage errors are retried, and how: the parts of `hpo._retry` a restart test cannot
-pin down (the end-to-end behaviour is in test_faults.py, against a real restarted server)."""
+"""Which storage errors are retried, and how: the parts of `hpo.storage.retry` a restart test
+cannot pin down (the end-to-end behaviour is in test_faults.py, against a real restarted
+server)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import sqlalchemy
 from optuna.storages._heartbeat import is_heartbeat_enabled
 from sqlalchemy.exc import IntegrityError, OperationalError
 
-from hpo._retry import (
+from hpo.storage.retry import (
     Backoff,
     Outages,
     RetryingStorage,
@@ -57,7 +58,7 @@ def test_a_transient_error_is_retried_until_the_call_succeeds(caplog):
         return "done"
 
     started = time.monotonic()
-    with caplog.at_level(logging.WARNING, logger="hpo._retry"):
+    with caplog.at_level(logging.WARNING, logger="hpo.storage.retry"):
         assert call_with_retry(flaky, what="the test database") == "done"
     assert 1.5 <= time.monotonic() - started < 5  # waited 0.5 s, then 1 s
     messages = [r.getMessage() for r in caplog.records]

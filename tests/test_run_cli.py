@@ -14,8 +14,8 @@ import optuna
 import pytest
 from _checks import assert_study_is_whole
 
-from hpo._storage import count_trials, open_storage, resolve_storage
-from hpo._studies import records
+from hpo.storage.database import count_trials, open_storage, resolve_storage
+from hpo.storage.studies import records
 
 pytestmark = pytest.mark.slow  # the fast tier: pytest -m 'not slow'
 

@@ -12,9 +12,9 @@ import numpy as np
 import optuna
 import pytest
 
-from hpo._errors import ConfigError
-from hpo._pruners import n_brackets
-from hpo._samplers import (
+from hpo.errors import ConfigError
+from hpo.spec.pruners import n_brackets
+from hpo.spec.samplers import (
     PRUNERS,
     SAMPLERS,
     PrunerSpec,

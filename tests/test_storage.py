@@ -9,20 +9,20 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from hpo._data import load_splits
-from hpo._errors import ConfigError
-from hpo._objective import Objective
-from hpo._run import run_in_process
-from hpo._runner import Worker
-from hpo._storage import (
+from hpo.engine.launch import run_in_process
+from hpo.engine.objective import Objective
+from hpo.engine.worker import Worker
+from hpo.errors import ConfigError
+from hpo.spec.data import load_splits
+from hpo.spec.study_file import load_study_file
+from hpo.storage.database import (
     StorageSettings,
     StorageUnavailable,
     count_trials,
     open_storage,
     resolve_storage,
 )
-from hpo._studies import join_study, load_existing_study, prepare_study, stored_spec
-from hpo._studyfile import load_study_file
+from hpo.storage.studies import join_study, load_existing_study, prepare_study, stored_spec
 
 
 @pytest.fixture

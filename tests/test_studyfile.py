@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from hpo._config import DataConfig, TrainConfig
-from hpo._errors import ConfigError
-from hpo._keys import DATA_KEYS, MODEL_KEYS, SECTION_KEYS, TRAIN_KEYS, VIRTUAL_KEYS
-from hpo._studyfile import StudySettings, StudySpec, load_study_file, parse_study
+from hpo.errors import ConfigError
+from hpo.spec.config import DataConfig, TrainConfig
+from hpo.spec.keys import DATA_KEYS, MODEL_KEYS, SECTION_KEYS, TRAIN_KEYS, VIRTUAL_KEYS
+from hpo.spec.study_file import StudySettings, StudySpec, load_study_file, parse_study
 
 STUDIES = Path(__file__).resolve().parent.parent / "studies"
 
@@ -28,10 +28,10 @@ def parse(text: str, **kwargs) -> StudySpec:
 @pytest.mark.parametrize("path", sorted(STUDIES.glob("*.toml")), ids=lambda p: p.name)
 def test_every_shipped_study_file_loads(path, tmp_path, monkeypatch):
     # Loading reads no data: the data directory does not even exist, and loaders are gone.
-    import hpo._data
+    import hpo.spec.data
 
     for name in ("load_dataset", "load_splits", "split_dataset"):
-        monkeypatch.setattr(hpo._data, name, None)
+        monkeypatch.setattr(hpo.spec.data, name, None)
     spec = load_study_file(path, environ={"HPO_DATA_DIR": str(tmp_path / "nowhere")})
     assert spec.path == path
     assert spec.source_text == path.read_text()
@@ -450,7 +450,7 @@ MISTAKES = {
 }
 
 
-# The studies that train nothing (hpo._kinds): a minimal valid file of each kind, to which each
+# The studies that train nothing (hpo.spec.kinds): a minimal valid file of each kind, to which each
 # mistake below adds one thing.
 PATHS_STUDY = (
     '[study]\nkind = "optimizer_paths"\n{study}\n[paths]\nlr = {{ sgd = 0.95 }}\n{paths}\n'

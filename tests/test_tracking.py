@@ -17,15 +17,15 @@ import pytest
 from _checks import mlflow_runs
 from mlflow import MlflowClient
 
-from hpo._data import load_splits
-from hpo._mirror import Mirror, TrialMirror
-from hpo._objective import Objective
-from hpo._run import pruning_mirror
-from hpo._runner import Worker
-from hpo._storage import resolve_storage
-from hpo._studies import join_study, prepare_study
-from hpo._studyfile import load_study_file
-from hpo._tracking import RUN_ID_ATTR, TrackingSettings
+from hpo.engine.launch import pruning_mirror
+from hpo.engine.objective import Objective
+from hpo.engine.worker import Worker
+from hpo.spec.data import load_splits
+from hpo.spec.study_file import load_study_file
+from hpo.storage.database import resolve_storage
+from hpo.storage.studies import join_study, prepare_study
+from hpo.tracking.mirror import Mirror, TrialMirror
+from hpo.tracking.runs import RUN_ID_ATTR, TrackingSettings
 
 pytestmark = pytest.mark.slow  # the fast tier: pytest -m 'not slow'
 

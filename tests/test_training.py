@@ -22,7 +22,7 @@ from trainer.data import load_dataset, split_dataset
 
 @pytest.fixture(scope="module", autouse=True)
 def _one_blas_thread():
-    """Train as the workers do (hpo/_blas.py): at these sizes a second BLAS thread made a
+    """Train as the workers do (hpo/engine/blas.py): at these sizes a second BLAS thread made a
     30-epoch run a hundred times slower whenever the other core was busy."""
     with threadpool_limits(limits=1, user_api="blas"):
         yield

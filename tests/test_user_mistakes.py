@@ -12,8 +12,8 @@ from pathlib import Path
 import optuna
 import pytest
 
-from hpo._names import study_folder
 from hpo.cli import main
+from hpo.spec.names import study_folder
 
 STUDIES = Path(__file__).resolve().parent.parent / "studies"
 

@@ -1,0 +1,137 @@
+"""The comparison's `narrowing` arm: the book's own method, as one job of `hpo compare`.
+
+Random search in stages that share the arm's trial budget: stage 1 searches the study file's
+ranges; after each stage, the ranges are narrowed around its top trials (`hpo narrow`'s
+rule) and the next stage searches those. The arm's trials are the stages' trials in order,
+so its best so far is never lost between stages, and the parent trials `hpo narrow` would
+enqueue are not trained twice. Each stage is an ordinary study; the narrowing is recomputed
+from the finished previous stage every time (it is deterministic), so the arm resumes
+exactly; the stage files are written beside the report as a record.
+
+    python -m hpo.analysis.compare_narrowing STUDY.toml --prefix P --pruner none --seed 0 \\
+        --n-trials 100 --stages 3 --stage-dir DIR [--no-mlflow | --experiment E]
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from hpo.engine import blas as _blas
+
+if TYPE_CHECKING:
+    from hpo.engine.launch import RunOutcome
+    from hpo.spec.study_file import StudySpec
+    from hpo.storage.database import StorageSettings
+    from hpo.tracking.runs import TrackingSettings
+
+NARROWING = "narrowing"
+
+
+def stage_budgets(n_trials: int, stages: int) -> list[int]:
+    """The arm's budget split into stages: equal shares, the first taking what is left over."""
+    share = n_trials // stages
+    return [n_trials - share * (stages - 1)] + [share] * (stages - 1)
+
+
+def stage_names(prefix: str, pruner: str, seed: int, stages: int) -> list[str]:
+    return [f"{prefix}--{NARROWING}-{pruner}--seed{seed}--stage{j}" for j in range(1, stages + 1)]
+
+
+def _run_stage(
+    spec: StudySpec, settings: StorageSettings, tracking: TrackingSettings
+) -> RunOutcome:
+    """One stage, as `hpo run` runs a study in one process: mirrored to MLflow if on."""
+    from hpo.engine.launch import run_in_process
+    from hpo.storage.studies import prepare_study
+    from hpo.tracking.mirror import Mirror, TrialMirror
+
+    mirror = Mirror(tracking, settings, spec) if tracking.enabled else None
+    try:
+        prepare_study(settings, spec)
+        if mirror is None:
+            return run_in_process(spec, settings)
+        mirror.study_ready()
+        outcome = run_in_process(spec, settings, mirror=TrialMirror(mirror.worker_end(0)))
+        mirror.close(interrupted=outcome.interrupted)
+        return outcome
+    finally:
+        if mirror is not None:
+            mirror.abandon()
+
+
+def run_arm(args: argparse.Namespace) -> int:
+    from optuna.trial import TrialState
+
+    from hpo.analysis.narrowing import narrow_study, write_next_stage
+    from hpo.spec.study_file import load_study_file
+    from hpo.storage.database import resolve_storage
+    from hpo.storage.studies import load_existing_study
+    from hpo.tracking.runs import resolve_tracking
+
+    settings = resolve_storage(None)  # HPO_STORAGE, set by hpo compare
+    tracking = resolve_tracking(uri_flag=None, experiment=args.experiment,
+                                disabled=args.no_mlflow)  # fmt: skip
+    budgets = stage_budgets(args.n_trials, args.stages)
+    names = stage_names(args.prefix, args.pruner, args.seed, args.stages)
+    spec = load_study_file(args.study_file).with_overrides(
+        study_name=names[0], sampler="random", pruner=args.pruner, seed=args.seed,
+        n_trials=budgets[0],
+    )  # fmt: skip
+    for j, (name, budget) in enumerate(zip(names, budgets, strict=True)):
+        if j > 0:
+            previous = load_existing_study(settings, names[j - 1])
+            completed = len(previous.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
+            if completed:  # around as many top trials as the stage completed, up to --top
+                result = narrow_study(previous, top=min(args.top, completed), margin=args.margin)
+                stage = write_next_stage(
+                    result, name=name, out=args.stage_dir / f"{name}.toml", force=True
+                )
+                spec = dataclasses.replace(stage.spec, enqueue=())
+            # else: nothing completed (all pruned or failed), so the ranges stay as they were
+            spec = spec.with_overrides(
+                study_name=name, sampler="random", pruner=args.pruner, n_trials=budget
+            )
+        outcome = _run_stage(spec, settings, tracking)
+        if outcome.interrupted:
+            return 130
+        if outcome.finished < budget:
+            print(f"stage {name} stopped at {outcome.finished}/{budget}", file=sys.stderr)
+            return 1
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    if "numpy" not in sys.modules:
+        _blas.single_blas_thread()
+    parser = argparse.ArgumentParser(prog="python -m hpo.analysis.compare_narrowing")
+    parser.add_argument("study_file", type=Path)
+    parser.add_argument("--prefix", required=True)
+    parser.add_argument("--pruner", default="none")
+    parser.add_argument("--seed", type=int, required=True)
+    parser.add_argument("--n-trials", type=int, required=True)
+    parser.add_argument("--stages", type=int, default=3)
+    parser.add_argument("--top", type=int, default=5)
+    parser.add_argument("--margin", type=float, default=0.5)
+    parser.add_argument("--stage-dir", type=Path, required=True)
+    parser.add_argument("--experiment")
+    parser.add_argument("--no-mlflow", action="store_true")
+    args = parser.parse_args(argv)
+    args.stage_dir.mkdir(parents=True, exist_ok=True)
+    import logging
+
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    import optuna
+
+    optuna.logging.set_verbosity(logging.WARNING)
+    try:
+        return run_arm(args)
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,298 @@
+"""From results.csv rows to the comparison's numbers and its report.md.
+
+Everything here is a function of the rows alone, so every number in the report can be
+recomputed from results.csv. Medians and quartiles are over seeds, with NumPy's default
+(linear) interpolation.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+from dataclasses import dataclass, field
+from datetime import date
+
+import numpy as np
+
+from hpo.analysis.compare import Row, budget_index
+
+CHECKPOINTS = (0.10, 0.25, 0.50, 1.00)
+
+
+@dataclass(frozen=True)
+class Spread:
+    median: float
+    q1: float
+    q3: float
+
+    @classmethod
+    def of(cls, values: list[float]) -> Spread | None:
+        if not values:
+            return None
+        q1, q3 = np.percentile(values, [25, 75])
+        return cls(float(statistics.median(values)), float(q1), float(q3))
+
+    def text(self, digits: int = 3) -> str:
+        return f"{self.median:.{digits}f} [{self.q1:.{digits}f}–{self.q3:.{digits}f}]"
+
+
+@dataclass
+class ArmSummary:
+    arm: str
+    seeds: list[int]
+    at_checkpoint: dict[float, Spread | None] = field(default_factory=dict)
+    finals: dict[int, float] = field(default_factory=dict)  # seed -> final best
+    trials_to_target: dict[int, int | None] = field(default_factory=dict)
+    epochs_to_target: dict[int, int | None] = field(default_factory=dict)
+    epochs_total: dict[int, int] = field(default_factory=dict)
+    trial_time: dict[int, float] = field(default_factory=dict)
+    test_acc: dict[int, float] = field(default_factory=dict)
+    pruned: dict[int, int] = field(default_factory=dict)
+    epochs_saved: dict[int, int] = field(default_factory=dict)
+    audited: int = 0
+    audit_would_beat: int = 0
+    mann_whitney: tuple[float, float] | None = None  # (U, p) against the reference
+    paired_test_gain: dict[int, float] = field(default_factory=dict)
+
+
+@dataclass
+class Summary:
+    n_trials: int
+    epochs: int
+    maximize: bool
+    reference: str | None
+    target: float | None  # the reference's final median best
+    arms: dict[str, ArmSummary]
+    noise: Spread | None
+    noise_range: tuple[float, float] | None
+    noise_count: int
+
+
+def _better(a: float, b: float, maximize: bool) -> bool:
+    return a >= b if maximize else a <= b
+
+
+def summarize(
+    rows: list[Row], *, n_trials: int, epochs: int, maximize: bool, reference: str | None
+) -> Summary:
+    trial_rows = [r for r in rows if r.kind == "trial"]
+    by_arm: dict[str, dict[int, list[Row]]] = {}
+    for row in trial_rows:
+        by_arm.setdefault(row.arm, {}).setdefault(row.seed, []).append(row)
+    arms: dict[str, ArmSummary] = {}
+    for arm, seeds in by_arm.items():
+        summary = ArmSummary(arm, sorted(seeds))
+        for seed, seed_rows in seeds.items():
+            finished = sorted((r for r in seed_rows if r.index is not None), key=lambda r: r.index)
+            by_index = {r.index: r for r in finished}
+            final = by_index.get(n_trials)
+            if final is not None and final.best_so_far is not None:
+                summary.finals[seed] = final.best_so_far
+            summary.epochs_total[seed] = sum(r.epochs for r in finished)
+            summary.trial_time[seed] = sum(r.duration_s or 0.0 for r in seed_rows)
+            pruned = [r for r in finished if r.state == "PRUNED"]
+            summary.pruned[seed] = len(pruned)
+            summary.epochs_saved[seed] = sum(epochs - r.epochs for r in pruned)
+            for r in seed_rows:
+                if r.test_acc is not None:
+                    summary.test_acc[seed] = r.test_acc
+                if r.full_length_value is not None:
+                    summary.audited += 1
+                    best = summary.finals.get(seed)
+                    if (
+                        best is not None
+                        and _better(r.full_length_value, best, maximize)
+                        and (r.full_length_value != best)
+                    ):
+                        summary.audit_would_beat += 1
+        for fraction in CHECKPOINTS:
+            index = budget_index(fraction, n_trials)
+            values = []
+            for seed_rows in seeds.values():
+                hit = next((r for r in seed_rows if r.index == index), None)
+                if hit is not None and hit.best_so_far is not None:
+                    values.append(hit.best_so_far)
+            summary.at_checkpoint[fraction] = Spread.of(values)
+        arms[arm] = summary
+
+    target = None
+    if reference in arms and arms[reference].finals:
+        target = float(statistics.median(arms[reference].finals.values()))
+    for arm, summary in arms.items():
+        for seed, seed_rows in by_arm[arm].items():
+            summary.trials_to_target[seed] = summary.epochs_to_target[seed] = None
+            if target is None:
+                continue
+            for r in sorted((r for r in seed_rows if r.index is not None), key=lambda r: r.index):
+                if r.best_so_far is not None and _better(r.best_so_far, target, maximize):
+                    summary.trials_to_target[seed] = r.index
+                    summary.epochs_to_target[seed] = r.cumulative_epochs
+                    break
+        if reference in arms and arm != reference:
+            ref = arms[reference]
+            mine = [summary.finals[s] for s in sorted(summary.finals)]
+            theirs = [ref.finals[s] for s in sorted(ref.finals)]
+            if mine and theirs:
+                from scipy.stats import mannwhitneyu
+
+                result = mannwhitneyu(mine, theirs, alternative="two-sided")
+                summary.mann_whitney = (float(result.statistic), float(result.pvalue))
+            summary.paired_test_gain = {
+                s: summary.test_acc[s] - ref.test_acc[s]
+                for s in summary.test_acc
+                if s in ref.test_acc
+            }
+    noise_values = [r.value for r in rows if r.kind == "noise" and r.value is not None]
+    return Summary(
+        n_trials=n_trials,
+        epochs=epochs,
+        maximize=maximize,
+        reference=reference,
+        target=target,
+        arms=arms,
+        noise=Spread.of(noise_values),
+        noise_range=(min(noise_values), max(noise_values)) if noise_values else None,
+        noise_count=len(noise_values),
+    )
+
+
+def _median_int(values: list[int | None]) -> float | None:
+    reached = [v for v in values if v is not None]
+    return float(statistics.median(reached)) if reached else None
+
+
+def fraction_text(value: float | None, whole: float) -> str:
+    return "—" if value is None else f"{value:g} ({100 * value / whole:.0f}%)"
+
+
+def render(
+    summary: Summary,
+    *,
+    study: str,
+    metric: str,
+    data: str,
+    figures: list[str],
+    command: str,
+) -> str:
+    """report.md: the table, the noise yardstick, what pruning saved and cost, plainly said."""
+    s = summary
+    ref = s.arms.get(s.reference) if s.reference else None
+    ref_epochs = statistics.median(ref.epochs_total.values()) if ref and ref.epochs_total else None
+    lines = [
+        f"# Comparison: {study}",
+        "",
+        f"{len(s.arms)} arms × {max(len(a.seeds) for a in s.arms.values())} seeds, "
+        f"{s.n_trials} trials of at most {s.epochs} epochs each; {data}. Generated "
+        f"{date.today().isoformat()} by `{command}`. Every number below is recomputed from "
+        "`results.csv`: medians over seeds, [first–third quartile].",
+        "",
+        f"## Best {metric} so far, by share of the budget",
+        "",
+        "| arm | 10% | 25% | 50% | 100% |",
+        "| --- | ---: | ---: | ---: | ---: |",
+    ]
+    for arm, a in s.arms.items():
+        cells = [a.at_checkpoint[f].text() if a.at_checkpoint.get(f) else "—" for f in CHECKPOINTS]
+        lines.append(f"| {arm} | " + " | ".join(cells) + " |")
+    target_text = f"{s.target:.3f}" if s.target is not None else "—"
+    lines += [
+        "",
+        f"## Cost: reaching {s.reference or 'the reference'}'s final median best ({target_text})",
+        "",
+        "| arm | seeds that reached it | trials to reach it | epochs to reach it | "
+        "epochs trained | trial time (s) |",
+        "| --- | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for arm, a in s.arms.items():
+        reached = [v for v in a.trials_to_target.values() if v is not None]
+        trials = _median_int(list(a.trials_to_target.values()))
+        epochs_needed = _median_int(list(a.epochs_to_target.values()))
+        total_epochs = statistics.median(a.epochs_total.values()) if a.epochs_total else 0
+        lines.append(
+            f"| {arm} | {len(reached)}/{len(a.trials_to_target)} | "
+            f"{fraction_text(trials, s.n_trials)} | "
+            f"{fraction_text(epochs_needed, ref_epochs) if ref_epochs else '—'} | "
+            f"{total_epochs:g} | {statistics.median(a.trial_time.values()):.1f} |"
+        )
+    lines += [
+        "",
+        "## Held-out test accuracy of each seed's best configuration, retrained once",
+        "",
+        f"| arm | test accuracy | paired gain over {s.reference} | final best: Mann-Whitney U,"
+        f" p against {s.reference} |",
+        "| --- | ---: | ---: | ---: |",
+    ]
+    for arm, a in s.arms.items():
+        test = Spread.of(list(a.test_acc.values()))
+        gain = Spread.of(list(a.paired_test_gain.values()))
+        test_text = test.text() if test else "—"
+        gain_text = f"{gain.median:+.3f}" if gain else "—"
+        mwu = f"U = {a.mann_whitney[0]:g}, p = {a.mann_whitney[1]:.3g}" if a.mann_whitney else "—"
+        lines.append(f"| {arm} | {test_text} | {gain_text} | {mwu} |")
+    lines += ["", "## How much is noise", ""]
+    if s.noise is not None and s.noise_range is not None:
+        lines.append(
+            f"The best configuration of the whole comparison, trained {s.noise_count} times with "
+            f"different seeds on the same split, reached {metric} from {s.noise_range[0]:.3f} to "
+            f"{s.noise_range[1]:.3f} (median {s.noise.median:.3f}, quartiles {s.noise.q1:.3f}–"
+            f"{s.noise.q3:.3f}). Differences between arms smaller than that spread are what one "
+            "training run's luck can make: read them as noise, not as a ranking."
+        )
+    else:
+        lines.append("No noise check was run.")
+    for arm, a in s.arms.items():
+        if not a.pruned or not any(a.pruned.values()):
+            continue
+        saved = sum(a.epochs_saved.values())
+        possible = s.epochs * len(a.seeds) * s.n_trials
+        lines += [
+            "",
+            f"## What pruning did in {arm}",
+            "",
+            f"It stopped {sum(a.pruned.values())} trials early across {len(a.seeds)} seeds "
+            f"and saved {saved} epochs ({100 * saved / possible:.0f}% of the {possible} a full "
+            f"run of every trial would take). Re-trained to full length, "
+            f"{a.audit_would_beat} of {a.audited} sampled pruned trials would have beaten their "
+            "seed's best: "
+            + (
+                "pruning cost no winner in the sample."
+                if a.audit_would_beat == 0
+                else "pruning did cost winners."
+            ),
+        ]
+    if s.reference:
+        lines += ["", "## Verdict", ""]
+        for arm, a in s.arms.items():
+            if arm == s.reference:
+                continue
+            trials = _median_int(list(a.trials_to_target.values()))
+            epochs_needed = _median_int(list(a.epochs_to_target.values()))
+            gain = Spread.of(list(a.paired_test_gain.values()))
+            p = a.mann_whitney[1] if a.mann_whitney else None
+            parts = []
+            if trials is None:
+                parts.append(f"never reached {s.reference}'s median best")
+            else:
+                share = 100 * trials / s.n_trials
+                epochs_share = 100 * epochs_needed / ref_epochs if ref_epochs else float("nan")
+                parts.append(
+                    f"reached {s.reference}'s median best after {trials:g} trials "
+                    f"({share:.0f}% of the budget) and {epochs_share:.0f}% of its epochs"
+                )
+            if gain is not None:
+                parts.append(f"test accuracy {gain.median:+.3f} against {s.reference} (paired)")
+            if p is not None:
+                plain = (
+                    "a difference unlikely to be chance"
+                    if p < 0.05
+                    else "no evidence of a difference"
+                )
+                parts.append(f"final best p = {p:.3g}: {plain}")
+            lines.append(f"- **{arm}**: " + "; ".join(parts) + ".")
+    lines += ["", "## Figures", ""] + [f"![{f}]({f})" for f in figures]
+    lines += ["", "Parameters of every trial: `results.csv` (`params` column, JSON)."]
+    return "\n".join(lines) + "\n"
+
+
+def params_of(row: Row) -> dict:
+    return json.loads(row.params) if row.params else {}

@@ -1,0 +1,147 @@
+"""`hpo status`, `hpo export` and `hpo replay`: looking at a study."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from hpo.cli.common import (
+    EXIT_FAILURE,
+    EXIT_OK,
+    Commands,
+    storage_flag,
+)
+
+
+def _add_status_parser(commands: Commands) -> None:
+    p = commands.add_parser(
+        "status",
+        help="trial counts and best results of the studies in a storage",
+        description="One line per study (or one study and its best trials): trials by state, "
+        "best value and parameters.",
+    )
+    p.add_argument("name", nargs="?", help="one study (default: all)")
+    storage_flag(p)
+    p.set_defaults(handler=_cmd_status)
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    import optuna
+
+    from hpo.analysis.listing import best_lines, status_line, study_status
+    from hpo.storage.database import open_storage, resolve_storage
+    from hpo.storage.studies import FINGERPRINT_ATTR, load_existing_study, records
+
+    settings = resolve_storage(args.storage)
+    if args.name:
+        study = load_existing_study(settings, args.name)
+        print(status_line(study_status(study)))
+        metric = records(study).get(FINGERPRINT_ATTR, {}).get("metric", "value")
+        for line in best_lines(study, metric, n=5):
+            print(f"  {line}")
+        return EXIT_OK
+    storage = open_storage(settings, heartbeat=False, create=False)
+    summaries = optuna.get_all_study_summaries(storage, include_best_trial=False)
+    if not summaries:
+        print(f"no studies in {settings.redacted()}")
+    for summary in sorted(summaries, key=lambda s: s.study_name):
+        study = optuna.load_study(study_name=summary.study_name, storage=storage)
+        print(status_line(study_status(study)))
+    return EXIT_OK
+
+
+def _add_export_parser(commands: Commands) -> None:
+    p = commands.add_parser(
+        "export",
+        help="one row per trial as CSV or JSON",
+        description="Every trial of a study: number, state, value, parameters, epochs "
+        "trained, duration, seed.",
+    )
+    p.add_argument("name")
+    p.add_argument("--format", choices=("csv", "json"), default="csv")
+    p.add_argument("--output", "-o", metavar="FILE", help="default: standard output")
+    storage_flag(p)
+    p.set_defaults(handler=_cmd_export)
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    import csv
+    import io
+    import json
+
+    from hpo.analysis.listing import export_rows
+    from hpo.storage.database import resolve_storage
+    from hpo.storage.studies import load_existing_study
+
+    rows = export_rows(load_existing_study(resolve_storage(args.storage), args.name))
+    buffer = io.StringIO()
+    if args.format == "json":
+        json.dump(rows, buffer, indent=2)
+        buffer.write("\n")
+    else:
+        writer = csv.DictWriter(buffer, fieldnames=list(rows[0]) if rows else ["number"])
+        writer.writeheader()
+        writer.writerows(rows)
+    if args.output:
+        Path(args.output).write_text(buffer.getvalue())
+    else:
+        sys.stdout.write(buffer.getvalue())
+    return EXIT_OK
+
+
+def _add_replay_parser(commands: Commands) -> None:
+    p = commands.add_parser(
+        "replay",
+        help="retrain one recorded trial and compare",
+        description="Train a recorded trial's configuration again with its seed and print "
+        "the recorded and the reproduced validation metrics side by side.",
+    )
+    p.add_argument("name")
+    p.add_argument("trial", type=int, help="trial number")
+    storage_flag(p)
+    p.set_defaults(handler=_cmd_replay)
+
+
+def _cmd_replay(args: argparse.Namespace) -> int:
+    from hpo.analysis.listing import fmt
+    from hpo.engine.objective import replay_trial
+    from hpo.errors import ConfigError
+    from hpo.spec.data import load_splits
+    from hpo.storage.database import resolve_storage
+    from hpo.storage.studies import load_existing_study, stored_spec
+
+    study = load_existing_study(resolve_storage(args.storage), args.name)
+    spec = stored_spec(study)
+    spec.require_training("hpo replay")
+    trials = {t.number: t for t in study.get_trials(deepcopy=False)}
+    trial = trials.get(args.trial)
+    if trial is None:
+        raise ConfigError(
+            f"study {args.name!r} has no trial {args.trial} "
+            f"(it has {len(trials)} trials, numbered from 0)"
+        )
+    recorded = trial.user_attrs.get("history")
+    seed = trial.user_attrs.get("seed")
+    if not recorded or seed is None:
+        raise ConfigError(
+            f"trial {args.trial} of {args.name!r} is {trial.state.name} and has "
+            "no recorded history to compare with"
+        )
+    metric = spec.study.metric
+    splits = load_splits(spec.data, seed=spec.study.seed)
+    params = ", ".join(f"{k}={fmt(v)}" for k, v in trial.params.items())
+    print(f"trial {trial.number} of {args.name!r} ({trial.state.name}, seed {seed}): {params}")
+    reproduced = replay_trial(spec, splits, dict(trial.params), int(seed))
+    epochs = len(recorded[metric])
+    same = reproduced[metric][:epochs] == recorded[metric]
+    print(f"  recorded   {metric} {recorded[metric][-1]:.6f} at epoch {epochs}")
+    print(f"  reproduced {metric} {reproduced[metric][epochs - 1]:.6f} at epoch {epochs}")
+    print("  identical at every recorded epoch" if same else "  DIFFERENT")
+    return EXIT_OK if same else EXIT_FAILURE
+
+
+def add_parsers(commands: Commands) -> None:
+    _add_status_parser(commands)
+    _add_export_parser(commands)
+    _add_replay_parser(commands)

@@ -1,0 +1,2 @@
+"""Running a study: the objective, in-memory pruning, the worker loop, worker processes and
+how they stop."""

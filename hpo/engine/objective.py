@@ -1,0 +1,231 @@
+"""The Optuna objective: one trial is one training run of the chapter's network.
+
+Pure apart from the trial it is given: no storage set-up, no tracking, no printing. It
+returns the validation metric after the last epoch (the book ranks trials by it) or raises
+`optuna.TrialPruned`; the runner decides how the trial ends.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Container
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import optuna
+from optuna.trial import TrialState
+
+from hpo.engine.pruning import PruningMirror
+from hpo.spec.config import TrainConfig
+from hpo.spec.seeds import INIT_STREAM, SHUFFLE_STREAM, derive_seed, name_key
+from hpo.spec.study_file import StudySpec
+from trainer import EpochMetrics, MultiLayerNet, TrainingDiverged, TrainingHistory, train
+from trainer.data import DataSplits
+
+TRIAL_STREAM = 2  # per-trial seeds: derive_seed(seed, TRIAL_STREAM, name_key(name), number)
+METRICS = ("train_loss", "train_acc", "val_loss", "val_acc")
+
+
+class TrialObserver(Protocol):
+    """Something that follows trials as they run (the MLflow tracker, for one)."""
+
+    def trial_started(self, trial: optuna.trial.BaseTrial, seed: int) -> None: ...
+
+    def epoch_ended(
+        self, trial: optuna.trial.BaseTrial, epoch: int, metrics: EpochMetrics
+    ) -> None: ...
+
+    def trial_ending(self, trial: optuna.trial.BaseTrial) -> None:
+        """Last word before the runner tells Optuna how the trial ended (it can still write
+        to the trial)."""
+
+
+def trial_seed(trial: optuna.trial.BaseTrial, study_seed: int, study_name: str) -> int:
+    """The seed that makes this trial reproducible, recorded with the trial when it starts.
+
+    A seed already in the trial's user attributes wins: a trial enqueued to reproduce another
+    carries its seed, and Optuna's retry of a trial whose worker died copies the original's
+    user attributes, seed included. Otherwise it derives from the study's seed, its name
+    and the trial number.
+    (A worker killed in the milliseconds between claiming a trial and recording its seed
+    trained nothing; the retry then gets the same parameters and a seed of its own.)
+    """
+    fixed = _initial_user_attrs(trial).get("seed")
+    if fixed is not None:
+        return int(fixed)
+    seed = derive_seed(study_seed, TRIAL_STREAM, name_key(study_name), trial.number)
+    trial.set_user_attr("seed", seed)
+    return seed
+
+
+def _initial_user_attrs(trial: optuna.trial.BaseTrial) -> dict[str, Any]:
+    """The user attributes the trial started with.
+
+    A live `optuna.Trial` holds the trial as it was when claimed (`_cached_frozen_trial`,
+    private to Optuna); reading that spares a database query per trial. Anything else (a
+    FixedTrial, or an Optuna that renamed the attribute) is asked the public way.
+    """
+    cached = getattr(trial, "_cached_frozen_trial", None)
+    return cached.user_attrs if cached is not None else trial.user_attrs
+
+
+@dataclass
+class EpochHistory:
+    """Every epoch's metrics, kept with the trial as one user attribute (one transaction)."""
+
+    columns: dict[str, list[float]] = field(default_factory=lambda: {m: [] for m in METRICS})
+
+    def append(self, metrics: EpochMetrics) -> None:
+        for name, value in metrics.as_dict().items():
+            self.columns[name].append(value)
+
+    def __len__(self) -> int:
+        return len(self.columns["val_acc"])
+
+
+class Objective:
+    """`objective(trial) -> float` for a study: builds, trains and reports one network.
+
+    The data comes split: only the training and validation sets are used here; the test
+    split stays inside `splits` for whoever asks for it by name, which this class never does.
+    `observers` follow the trial (see `TrialObserver`). With a `mirror` (see
+    `hpo.engine.pruning`), pruning is decided in memory and nothing is reported to the storage but
+    a pruned trial's last value; without one, every epoch is reported to the trial.
+    """
+
+    def __init__(
+        self,
+        spec: StudySpec,
+        splits: DataSplits,
+        *,
+        observers: tuple[TrialObserver, ...] = (),
+        mirror: PruningMirror | None = None,
+    ) -> None:
+        self.spec = spec
+        self.splits = splits
+        self.observers = observers
+        self.mirror = mirror
+        self.decision_epochs = spec.pruner.decision_epochs(spec.base.epochs)
+        self.prune = bool(self.decision_epochs)
+        self.metric = spec.study.metric
+
+    def config_for(self, trial: optuna.trial.BaseTrial) -> TrainConfig:
+        return self.spec.space.suggest(trial, self.spec.base)
+
+    def __call__(self, trial: optuna.trial.BaseTrial) -> float:
+        config = self.config_for(trial)
+        seed = trial_seed(trial, self.spec.study.seed, self.spec.study.name)
+        history = EpochHistory()
+        for observer in self.observers:
+            observer.trial_started(trial, seed)
+
+        session = self.mirror.begin(trial) if self.mirror is not None and self.prune else None
+
+        def on_epoch_end(epoch: int, metrics: EpochMetrics) -> None:
+            history.append(metrics)
+            for observer in self.observers:
+                observer.epoch_ended(trial, epoch, metrics)
+            if not self.prune:
+                return
+            value = getattr(metrics, self.metric)
+            if session is not None:
+                decide = epoch in self.decision_epochs
+                if session.should_prune(epoch, value, decide=decide):
+                    trial.report(value, epoch)  # the one report: a pruned trial keeps a value
+                    raise optuna.TrialPruned(f"pruned at epoch {epoch}")
+                return
+            # No mirror (an in-memory study, where reports cost nothing): Optuna's own way.
+            trial.report(value, epoch)
+            if trial.should_prune():
+                raise optuna.TrialPruned(f"pruned at epoch {epoch}")
+
+        state, final = TrialState.FAIL, None
+        try:
+            final = self._train(config, seed, on_epoch_end)
+            state = TrialState.COMPLETE
+        except TrainingDiverged as diverged:
+            state = TrialState.PRUNED
+            trial.set_user_attr("diverged", {"epoch": diverged.epoch, "reason": diverged.reason})
+            raise optuna.TrialPruned(str(diverged)) from None
+        except optuna.TrialPruned:
+            state = TrialState.PRUNED
+            raise
+        except Exception as error:
+            trial.set_user_attr("error", f"{type(error).__name__}: {error}")
+            raise
+        finally:
+            trial.set_user_attr("history", history.columns)
+            _report_every_epoch(trial, history.columns[self.metric])
+            for observer in self.observers:
+                observer.trial_ending(trial)
+            if session is not None:
+                value = getattr(final, self.metric) if final is not None else None
+                session.finish(state, value)
+        return getattr(final, self.metric)
+
+    def _train(
+        self, config: TrainConfig, seed: int, on_epoch_end: Callable[[int, EpochMetrics], None]
+    ) -> EpochMetrics:
+        return train_trial(self.splits, config, seed, on_epoch_end)[1].final
+
+
+def _report_every_epoch(trial: optuna.trial.BaseTrial, values: list[float]) -> None:
+    """The metric's every epoch as the trial's intermediate values, as optuna-dashboard draws
+    learning curves from them. Pruning reported only the epochs it decides at; the rest are
+    reported now, at the trial's end, so that they go to the storage with its final write (one
+    transaction, see `hpo.storage.batched`)."""
+    if isinstance(trial, optuna.trial.FixedTrial):
+        return  # a replay: nothing is stored
+    reported = _reported_steps(trial)
+    for epoch, value in enumerate(values, start=1):
+        if epoch not in reported:
+            trial.report(value, epoch)
+
+
+def _reported_steps(trial: optuna.trial.BaseTrial) -> Container[int]:
+    cached = getattr(trial, "_cached_frozen_trial", None)  # see `_initial_user_attrs`
+    return cached.intermediate_values if cached is not None else ()
+
+
+def train_trial(
+    splits: DataSplits,
+    config: TrainConfig,
+    seed: int,
+    on_epoch_end: Callable[[int, EpochMetrics], None] | None = None,
+) -> tuple[MultiLayerNet, TrainingHistory]:
+    """Train one trial's network on the training split, as the objective does: the same seed
+    gives the same network, so a retrained best trial is the trial that was recorded."""
+    network = config.build_network(
+        splits.x_train.shape[1], splits.n_classes, seed=derive_seed(seed, INIT_STREAM)
+    )
+    history = train(
+        network,
+        config.build_optimizer(),
+        splits.x_train,
+        splits.t_train,
+        splits.x_val,
+        splits.t_val,
+        epochs=config.epochs,
+        batch_size=config.batch_size,
+        seed=derive_seed(seed, SHUFFLE_STREAM),
+        on_epoch_end=on_epoch_end,
+    )
+    return network, history
+
+
+def replay_trial(
+    spec: StudySpec, splits: DataSplits, params: dict[str, Any], seed: int
+) -> dict[str, list[float]]:
+    """Train a recorded trial's configuration again with its seed; return every epoch's metrics.
+
+    No pruner intervenes, so a pruned trial replays to the configured end; compare it with the
+    record at the epochs the record has.
+    """
+    fixed = optuna.trial.FixedTrial(params)
+    fixed.set_user_attr("seed", seed)
+    objective = Objective(spec, splits)
+    objective.prune = False
+    # A diverged replay raises TrialPruned: the history up to there is what there is.
+    with contextlib.suppress(optuna.TrialPruned):
+        objective(fixed)
+    return fixed.user_attrs["history"]
