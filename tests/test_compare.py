@@ -242,6 +242,8 @@ def test_an_interrupted_comparison_resumes_without_duplicating_trials(compare_fi
         env=os.environ | {"OPENBLAS_NUM_THREADS": "1"},
         **command_args,
         start_new_session=True,
+        # As a background job starts: with SIGINT ignored. Ctrl-C must stop it all the same.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),
     )
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:

@@ -9,11 +9,13 @@ one row per (arm, seed, trial); the report is computed from those rows alone.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import logging
 import math
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -195,10 +197,14 @@ def run_jobs(
                     outcomes.append(outcome)
                     if on_done is not None:
                         on_done(outcome, len(outcomes), total)
-    except KeyboardInterrupt:
-        # Ctrl-C reached the studies too: each marks its running trial failed and ends. One
-        # that does not within a minute is killed (its trial is then failed as stale on the
-        # resume), so that the interruption itself never ends in a traceback.
+    except KeyboardInterrupt as stop:
+        # Each running study is told too (Ctrl-C in a terminal reached them already; a second
+        # signal changes nothing for them), marks its running trial failed and ends. One that
+        # does not within a minute is killed (its trial is then failed as stale on the resume),
+        # so that the interruption itself never ends in a traceback.
+        for _job, process, _log in running:
+            with contextlib.suppress(ProcessLookupError):
+                process.send_signal(getattr(stop, "signum", signal.SIGINT))
         for _job, process, _log in running:
             try:
                 process.wait(timeout=60)

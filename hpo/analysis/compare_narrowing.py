@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from hpo.engine import blas as _blas
+from hpo.engine.signals import exit_status, stop_on_signals
 
 if TYPE_CHECKING:
     from hpo.engine.launch import RunOutcome
@@ -127,10 +128,11 @@ def main(argv: list[str] | None = None) -> int:
     import optuna
 
     optuna.logging.set_verbosity(logging.WARNING)
+    stop_on_signals()  # whatever this process inherited: see `hpo.cli.compare`
     try:
         return run_arm(args)
-    except KeyboardInterrupt:
-        return 130
+    except KeyboardInterrupt as stop:
+        return exit_status(stop)
 
 
 if __name__ == "__main__":

@@ -9,7 +9,6 @@ from typing import TYPE_CHECKING
 
 from hpo.cli.common import (
     EXIT_FAILURE,
-    EXIT_INTERRUPTED,
     EXIT_OK,
     Commands,
     check_range,
@@ -18,6 +17,7 @@ from hpo.cli.common import (
     tracking_flags,
     tracking_from,
 )
+from hpo.engine.signals import exit_status, signal_name, stop_on_signals
 
 if TYPE_CHECKING:
     from hpo.analysis.compare import ComparePlan
@@ -83,6 +83,9 @@ def _add_compare_parser(commands: Commands) -> None:
 
 
 def _cmd_compare(args: argparse.Namespace) -> int:
+    # Handled whatever this process inherited (a background job starts with SIGINT ignored):
+    # Ctrl-C and SIGTERM stop the comparison and its studies, which resume on the next run.
+    stop_on_signals()
     from hpo.analysis.compare import (
         add_noise_check,
         add_pruning_audit,
@@ -146,9 +149,10 @@ def _cmd_compare(args: argparse.Namespace) -> int:
         try:
             outcomes = run_jobs(comparison, settings, tracking, workers=args.parallel,
                                 log_dir=out / "logs", on_done=done)  # fmt: skip
-        except KeyboardInterrupt:
-            print("interrupted: run the same command again to resume", file=sys.stderr)
-            return EXIT_INTERRUPTED
+        except KeyboardInterrupt as stop:
+            what = "interrupted" if signal_name(stop) == "SIGINT" else "terminated (SIGTERM)"
+            print(f"{what}: run the same command again to resume", file=sys.stderr)
+            return exit_status(stop)
         failed = [o for o in outcomes if o.returncode != 0]
         if failed:
             print(f"hpo compare: {len(failed)} studies failed; see their logs in {out / 'logs'}",

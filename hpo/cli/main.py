@@ -61,11 +61,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     import optuna
 
     optuna.logging.set_verbosity(level)
+    from hpo.engine.signals import stop_on_signals
     from hpo.errors import ConfigError
     from hpo.storage.retry import StorageUnreachable, describe_error, is_disk_full, is_transient
     from trainer import TrainingDiverged
     from trainer.data import DatasetError
 
+    # SIGTERM stops every command as Ctrl-C does, and Ctrl-C works even in a process started
+    # with SIGINT ignored (a background job).
+    stop_on_signals()
     try:
         return args.handler(args)
     except ConfigError as error:
