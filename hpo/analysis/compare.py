@@ -28,6 +28,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from hpo.errors import ConfigError
+from hpo.spec.outcomes import ENDED
 from hpo.spec.samplers import PRUNERS, SAMPLERS
 from hpo.spec.seeds import derive_seed
 from hpo.spec.study_file import StudySpec
@@ -284,7 +285,7 @@ def study_rows(job: Job, studies: Sequence[optuna.Study]) -> list[Row]:
         for trial in sorted(study.get_trials(deepcopy=False), key=lambda t: t.number)
     ]
     for study_name, trial in trials:
-        if trial.state not in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL):
+        if trial.state not in ENDED:
             continue
         epochs = _epochs(trial)
         finished = trial.state != TrialState.FAIL

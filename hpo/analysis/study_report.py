@@ -28,6 +28,7 @@ from hpo.analysis.listing import (
     outcome_counts,
     ranked_trials,
 )
+from hpo.spec.outcomes import COUNTED
 from hpo.spec.space import same_value
 
 if TYPE_CHECKING:
@@ -133,7 +134,7 @@ def setting_curves(study: optuna.Study, spec: StudySpec) -> list[figures.Setting
     (Batch Normalization on, off) and a colour per value of the other.
     """
     grid = spec.space.grid()
-    finished = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED))
+    finished = study.get_trials(deepcopy=False, states=COUNTED)
     finished = sorted(finished, key=lambda trial: _grid_position(trial.params, grid))
     rows = None
     if len(finished) > figures.MAX_COLOURS and len(grid) == 2:
@@ -178,7 +179,7 @@ def grid_panels(study: optuna.Study, spec: StudySpec) -> list[figures.GridPanel]
         (name_a, values_a), (name_b, values_b) = (name_b, values_b), (name_a, values_a)
     if len(values_a) < 4:
         return None
-    finished = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED))
+    finished = study.get_trials(deepcopy=False, states=COUNTED)
     panels = []
     for value in values_a:
         lines = []
@@ -201,7 +202,7 @@ def grid_panels(study: optuna.Study, spec: StudySpec) -> list[figures.GridPanel]
 def search_points(study: optuna.Study) -> list[figures.SearchPoint]:
     """Every completed and pruned trial's lr and weight decay, with its value."""
     points = []
-    for trial in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)):
+    for trial in study.get_trials(deepcopy=False, states=COUNTED):
         if LR not in trial.params or WEIGHT_DECAY not in trial.params:
             continue
         points.append(
@@ -227,7 +228,7 @@ def history_study(study: optuna.Study, metric: str) -> optuna.Study:
     Non-finite values (a diverging epoch) are left out.
     """
     copy = optuna.create_study(study_name=study.study_name, direction=study.direction)
-    for trial in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)):
+    for trial in study.get_trials(deepcopy=False, states=COUNTED):
         values = (trial.user_attrs.get("history") or {}).get(metric, [])
         copy.add_trial(
             create_trial(

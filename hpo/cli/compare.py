@@ -105,6 +105,7 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     from hpo.errors import ConfigError
     from hpo.spec.limits import MAX_SEEDS, MAX_WORKERS
     from hpo.spec.names import study_folder
+    from hpo.spec.outcomes import COUNTED
     from hpo.spec.study_file import load_study_file
     from hpo.storage.database import resolve_storage
     from hpo.storage.studies import load_existing_study, stored_spec
@@ -163,9 +164,7 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     for job in jobs:
         mine = [load_existing_study(settings, name) for name in job.studies]
         finished = sum(
-            t.state.name in ("COMPLETE", "PRUNED")
-            for study in mine
-            for t in study.get_trials(deepcopy=False)
+            t.state in COUNTED for study in mine for t in study.get_trials(deepcopy=False)
         )
         if finished < comparison.n_trials:
             raise ConfigError(

@@ -19,6 +19,7 @@ from hpo.engine.pruning import PruningMirror
 from hpo.engine.signals import Lifeline, signal_name
 from hpo.engine.worker import Worker, WorkerResult
 from hpo.spec.data import load_splits
+from hpo.spec.outcomes import COUNTED
 from hpo.spec.study_file import StudySpec
 from hpo.storage.batched import FlushAtStart
 from hpo.storage.database import StorageSettings, count_trials
@@ -322,7 +323,7 @@ class _ProgressTracker:
         if time.monotonic() >= self._next_refresh:
             self.refresh()
             return
-        if trial.state.name in ("COMPLETE", "PRUNED"):
+        if trial.state in COUNTED:
             self.finished += 1
         if trial.state.name == "COMPLETE" and trial.value is not None:
             maximize = self.joined.study.direction == optuna.study.StudyDirection.MAXIMIZE

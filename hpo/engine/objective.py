@@ -17,13 +17,13 @@ from optuna.trial import TrialState
 
 from hpo.engine.pruning import PruningMirror
 from hpo.spec.config import TrainConfig
+from hpo.spec.outcomes import EPOCH_METRICS
 from hpo.spec.seeds import INIT_STREAM, SHUFFLE_STREAM, derive_seed, name_key
 from hpo.spec.study_file import StudySpec
 from trainer import EpochMetrics, MultiLayerNet, TrainingDiverged, TrainingHistory, train
 from trainer.data import DataSplits
 
 TRIAL_STREAM = 2  # per-trial seeds: derive_seed(seed, TRIAL_STREAM, name_key(name), number)
-METRICS = ("train_loss", "train_acc", "val_loss", "val_acc")
 
 
 class TrialObserver(Protocol):
@@ -73,7 +73,7 @@ def _initial_user_attrs(trial: optuna.trial.BaseTrial) -> dict[str, Any]:
 class EpochHistory:
     """Every epoch's metrics, kept with the trial as one user attribute (one transaction)."""
 
-    columns: dict[str, list[float]] = field(default_factory=lambda: {m: [] for m in METRICS})
+    columns: dict[str, list[float]] = field(default_factory=lambda: {m: [] for m in EPOCH_METRICS})
 
     def append(self, metrics: EpochMetrics) -> None:
         for name, value in metrics.as_dict().items():

@@ -24,7 +24,7 @@ import time
 import optuna
 from optuna.trial import FrozenTrial, TrialState, create_trial
 
-FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
+from hpo.spec.outcomes import ENDED
 
 
 class PruningMirror:
@@ -73,7 +73,7 @@ class PruningMirror:
         real = {t.number: t for t in self._real.get_trials(deepcopy=False)}
         for number in sorted(self._open):
             trial = real.get(number)
-            if trial is not None and trial.state in FINISHED:
+            if trial is not None and trial.state in ENDED:
                 self._finish(number, trial)
         while len(self._ids) < current:
             trial = real.get(len(self._ids))
@@ -83,7 +83,7 @@ class PruningMirror:
 
     def _copy(self, trial: FrozenTrial) -> FrozenTrial:
         """A finished trial as the pruner needs it; a running one as a placeholder."""
-        if trial.state not in FINISHED:
+        if trial.state not in ENDED:
             return create_trial(state=TrialState.RUNNING, system_attrs=dict(trial.system_attrs))
         return create_trial(
             state=trial.state,

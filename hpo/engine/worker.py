@@ -25,6 +25,7 @@ from types import TracebackType
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from hpo.spec.outcomes import COUNTED_NAMES
 from hpo.storage.database import StorageSettings, count_trials, orphaned_trial_ids
 from hpo.storage.locks import StorageLock
 from hpo.storage.retry import OUTAGES, Backoff, describe_error, is_transient
@@ -32,7 +33,6 @@ from hpo.storage.studies import JoinedStudy
 
 logger = logging.getLogger(__name__)
 
-FINISHED = ("COMPLETE", "PRUNED")
 Objective = Callable[[optuna.Trial], float]
 TrialListener = Callable[[optuna.trial.FrozenTrial], None]
 _WAIT = object()  # a claim's answer while the rest of the budget is running elsewhere
@@ -273,7 +273,7 @@ class Worker:
             self._fail_dead_workers_trials()
             self._swept = True
         counts = self.counts()
-        finished = sum(counts.get(state, 0) for state in FINISHED)
+        finished = sum(counts.get(state, 0) for state in COUNTED_NAMES)
         if finished >= self.n_trials:
             return None
         if finished + counts.get("RUNNING", 0) >= self.n_trials:

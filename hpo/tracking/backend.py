@@ -28,6 +28,7 @@ from typing import Any
 
 from optuna.trial import FrozenTrial, TrialState
 
+from hpo.spec.outcomes import COUNTED
 from hpo.tracking.runs import (
     COMPLETE_TAG,
     MAX_BATCH,
@@ -253,7 +254,7 @@ class Backend:
     def _close_parent(self, study: Any, *, interrupted: bool) -> None:
         assert self.parent is not None
         states = [t.state for t in study.get_trials(deepcopy=False)]
-        finished = sum(s in (TrialState.COMPLETE, TrialState.PRUNED) for s in states)
+        finished = sum(s in COUNTED for s in states)
         if interrupted:
             self.client.set_terminated(self.parent.run_id, "KILLED")
         elif finished >= self.spec.study.n_trials and TrialState.RUNNING not in states:

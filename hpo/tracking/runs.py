@@ -43,7 +43,6 @@ STUDY_TAG, UID_TAG, ROLE_TAG, NUMBER_TAG, COMPLETE_TAG = (
 )
 RUN_ID_ATTR = "mlflow_run_id"  # on each Optuna trial
 PARENT_ATTR = "hpo:mlflow"  # on the Optuna study: parent run per tracking URI
-METRICS = ("train_loss", "train_acc", "val_loss", "val_acc")
 # A pruned trial ended as the study meant it to (MLflow's KILLED looks like a failure in its
 # UI): FINISHED, named and described as pruned (see `final_fields`).
 STATUS = {

@@ -21,14 +21,14 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 import optuna
-from optuna.trial import FrozenTrial, TrialState
+from optuna.trial import FrozenTrial
 
+from hpo.spec.outcomes import ENDED, EPOCH_METRICS
 from hpo.storage.database import StorageSettings
 from hpo.storage.locks import StorageLock
 from hpo.tracking.runs import (
     COMPLETE_TAG,
     MAX_BATCH,
-    METRICS,
     NUMBER_TAG,
     ROLE_TAG,
     STATUS,
@@ -44,8 +44,6 @@ if TYPE_CHECKING:
     from mlflow import MlflowClient
 
 logger = logging.getLogger(__name__)
-
-FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
 
 
 @dataclass
@@ -125,7 +123,7 @@ def sync_study(
         report = SyncReport()
         runs = all_child_runs(client, parent)
         now = datetime.now()
-        for trial in study.get_trials(deepcopy=False, states=FINISHED):
+        for trial in study.get_trials(deepcopy=False, states=ENDED):
             ended = trial.datetime_complete
             recent = ended is not None and (now - ended).total_seconds() < settle_s
             if recent and trial.number not in settled:
@@ -194,7 +192,7 @@ def _complete(client: MlflowClient, run_id: str, trial: FrozenTrial, metric: str
     history = trial.user_attrs.get("history") or {}
     end = _ms(trial.datetime_complete)
     missing: list[Metric] = []
-    for key in METRICS:
+    for key in EPOCH_METRICS:
         values = history.get(key, [])
         if not values:
             continue

@@ -1,0 +1,17 @@
+"""How trials end, in words defined once for every layer.
+
+A trial *counts* towards a study's budget (`n_trials`) when it completed or was pruned: both
+are results. A failed trial does not count (it is retried once), but it has *ended* all the
+same: it will not run again, so its history is final and it is mirrored to MLflow.
+"""
+
+from __future__ import annotations
+
+from optuna.trial import TrialState
+
+COUNTED: tuple[TrialState, ...] = (TrialState.COMPLETE, TrialState.PRUNED)
+ENDED: tuple[TrialState, ...] = (*COUNTED, TrialState.FAIL)
+COUNTED_NAMES: tuple[str, ...] = tuple(state.name for state in COUNTED)
+
+# What every epoch of a training trial records, in this order.
+EPOCH_METRICS: tuple[str, ...] = ("train_loss", "train_acc", "val_loss", "val_acc")
