@@ -20,8 +20,11 @@ from hpo.cli.common import (
 from hpo.engine.signals import exit_status, signal_name, stop_on_signals
 
 if TYPE_CHECKING:
-    from hpo.analysis.compare import ComparePlan
+    from hpo.analysis.compare import ComparePlan, Row
+    from hpo.analysis.compare_stats import Summary
     from hpo.spec.study_file import StudySpec
+    from hpo.storage.database import StorageSettings
+    from hpo.tracking.runs import TrackingSettings
 
 FIGURES = ("best_so_far_vs_trials.png", "best_so_far_vs_epochs.png", "final_values.png")
 
@@ -86,29 +89,42 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     # Handled whatever this process inherited (a background job starts with SIGINT ignored):
     # Ctrl-C and SIGTERM stop the comparison and its studies, which resume on the next run.
     stop_on_signals()
-    from hpo.analysis.compare import (
-        add_noise_check,
-        add_pruning_audit,
-        add_test_accuracy,
-        plan,
-        read_rows,
-        run_jobs,
-        study_rows,
-        write_rows,
-    )
-    from hpo.analysis.compare_figures import (
-        best_so_far_vs_epochs,
-        best_so_far_vs_trials,
-        final_values,
-    )
-    from hpo.analysis.compare_stats import render, summarize
-    from hpo.errors import ConfigError
-    from hpo.spec.limits import MAX_SEEDS, MAX_WORKERS
+    from hpo.analysis.compare import plan
     from hpo.spec.names import study_folder
-    from hpo.spec.outcomes import COUNTED
     from hpo.spec.study_file import load_study_file
     from hpo.storage.database import resolve_storage
-    from hpo.storage.studies import load_existing_study, stored_spec
+
+    _check_flags(args)
+    spec = load_study_file(args.study_file)
+    spec.require_search()
+    spec.require_training("hpo compare")
+    comparison = plan(spec, Path(args.study_file), samplers=args.samplers,
+                      pruners=args.pruners, seeds=args.seeds, n_trials=args.n_trials)  # fmt: skip
+    settings = resolve_storage(args.storage)
+    tracking = tracking_from(args)
+    if not args.report_only:
+        _check_before_training(spec, comparison)
+    out = args.out or study_folder(Path("reports"), comparison.prefix)
+    arms = ", ".join(a.name for a in comparison.arms)
+    print(
+        f"{comparison.prefix}: {len(comparison.arms)} arms ({arms}) × {len(comparison.seeds)} "
+        f"seeds = {len(comparison.jobs())} studies of {comparison.n_trials} trials in "
+        f"{settings.redacted()}"
+    )
+    if not args.report_only:
+        status = _run_studies(args, comparison, settings, tracking, out)
+        if status is not None:
+            return status
+    rows = _measured_rows(args, comparison, settings)
+    summary = _write_report(spec, comparison, rows, out)
+    if tracking.enabled:
+        return _log_report(tracking, comparison, out, summary)
+    return EXIT_OK
+
+
+def _check_flags(args: argparse.Namespace) -> None:
+    from hpo.errors import ConfigError
+    from hpo.spec.limits import MAX_SEEDS, MAX_WORKERS
 
     if args.workers is not None:
         raise ConfigError(
@@ -120,46 +136,55 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     check_range(args.seeds, "--seeds", 1, MAX_SEEDS)
     check_range(args.noise_trainings, "--noise-trainings", 0, 100)
     check_range(args.audit, "--audit", 0, 1_000)
-    spec = load_study_file(args.study_file)
-    spec.require_search()
-    spec.require_training("hpo compare")
-    comparison = plan(spec, Path(args.study_file), samplers=args.samplers,
-                      pruners=args.pruners, seeds=args.seeds, n_trials=args.n_trials)  # fmt: skip
-    settings = resolve_storage(args.storage)
-    tracking = tracking_from(args)
-    if not args.report_only:
-        _check_before_training(spec, comparison)
-    experiment = tracking.experiment or comparison.prefix
-    out = args.out or study_folder(Path("reports"), comparison.prefix)
-    jobs = comparison.jobs()
-    arms = ", ".join(a.name for a in comparison.arms)
-    print(
-        f"{comparison.prefix}: {len(comparison.arms)} arms ({arms}) × {len(comparison.seeds)} "
-        f"seeds = {len(jobs)} studies of {comparison.n_trials} trials in {settings.redacted()}"
+
+
+def _run_studies(
+    args: argparse.Namespace,
+    comparison: ComparePlan,
+    settings: StorageSettings,
+    tracking: TrackingSettings,
+    out: Path,
+) -> int | None:
+    """Run (or resume) every study of the comparison; an exit status if that failed."""
+    from hpo.analysis.compare import run_jobs
+
+    def done(outcome, finished, total) -> None:
+        status = (
+            "done" if outcome.returncode == 0 else f"exit {outcome.returncode}, see {outcome.log}"
+        )
+        print(f"[{finished}/{total}] {outcome.job.study_name}: {status}", flush=True)
+
+    try:
+        outcomes = run_jobs(comparison, settings, tracking, workers=args.parallel,
+                            log_dir=out / "logs", on_done=done)  # fmt: skip
+    except KeyboardInterrupt as stop:
+        what = "interrupted" if signal_name(stop) == "SIGINT" else "terminated (SIGTERM)"
+        print(f"{what}: run the same command again to resume", file=sys.stderr)
+        return exit_status(stop)
+    failed = [o for o in outcomes if o.returncode != 0]
+    if failed:
+        print(f"hpo compare: {len(failed)} studies failed; see their logs in {out / 'logs'}",
+              file=sys.stderr)  # fmt: skip
+        return EXIT_FAILURE
+    return None
+
+
+def _measured_rows(
+    args: argparse.Namespace, comparison: ComparePlan, settings: StorageSettings
+) -> list[Row]:
+    """One row per study, with its best configuration's test accuracy, the noise check and
+    the pruning audit: everything the report is computed from."""
+    from hpo.analysis.compare import (
+        add_noise_check,
+        add_pruning_audit,
+        add_test_accuracy,
+        study_rows,
     )
-    if not args.report_only:
+    from hpo.errors import ConfigError
+    from hpo.spec.outcomes import COUNTED
+    from hpo.storage.studies import load_existing_study, stored_spec
 
-        def done(outcome, finished, total) -> None:
-            status = (
-                "done"
-                if outcome.returncode == 0
-                else f"exit {outcome.returncode}, see {outcome.log}"
-            )
-            print(f"[{finished}/{total}] {outcome.job.study_name}: {status}", flush=True)
-
-        try:
-            outcomes = run_jobs(comparison, settings, tracking, workers=args.parallel,
-                                log_dir=out / "logs", on_done=done)  # fmt: skip
-        except KeyboardInterrupt as stop:
-            what = "interrupted" if signal_name(stop) == "SIGINT" else "terminated (SIGTERM)"
-            print(f"{what}: run the same command again to resume", file=sys.stderr)
-            return exit_status(stop)
-        failed = [o for o in outcomes if o.returncode != 0]
-        if failed:
-            print(f"hpo compare: {len(failed)} studies failed; see their logs in {out / 'logs'}",
-                  file=sys.stderr)  # fmt: skip
-            return EXIT_FAILURE
-
+    jobs = comparison.jobs()
     studies, specs, rows = {}, {}, []
     for job in jobs:
         mine = [load_existing_study(settings, name) for name in job.studies]
@@ -184,6 +209,18 @@ def _cmd_compare(args: argparse.Namespace) -> int:
         print(f"re-training up to {args.audit} pruned trials per arm to full length ...")
         with progress_bar(None, "pruning audit", unit="trial") as bar:
             add_pruning_audit(rows, studies, specs, args.audit, progress=bar.update)
+    return rows
+
+
+def _write_report(spec: StudySpec, comparison: ComparePlan, rows: list[Row], out: Path) -> Summary:
+    """results.csv, the figures and report.md in `out`, all computed from results.csv."""
+    from hpo.analysis.compare import read_rows, write_rows
+    from hpo.analysis.compare_figures import (
+        best_so_far_vs_epochs,
+        best_so_far_vs_trials,
+        final_values,
+    )
+    from hpo.analysis.compare_stats import render, summarize
 
     out.mkdir(parents=True, exist_ok=True)
     write_rows(rows, out / "results.csv")
@@ -213,16 +250,22 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     for line in report.splitlines():
         if line.startswith("- **"):
             print(line.replace("**", ""))
-    if tracking.enabled:
-        from hpo.analysis.compare_mlflow import log_comparison
+    return summary
 
-        try:
-            run_id = log_comparison(tracking, experiment, comparison.prefix, out, summary)
-            print(f"MLflow: the report is in run {run_id} of experiment {experiment!r}")
-        except Exception as error:
-            print(f"hpo compare: could not log the report to MLflow at {tracking.describe()}: "
-                  f"{str(error).splitlines()[0][:200]}", file=sys.stderr)  # fmt: skip
-            return EXIT_FAILURE
+
+def _log_report(
+    tracking: TrackingSettings, comparison: ComparePlan, out: Path, summary: Summary
+) -> int:
+    from hpo.analysis.compare_mlflow import log_comparison
+
+    experiment = tracking.experiment or comparison.prefix
+    try:
+        run_id = log_comparison(tracking, experiment, comparison.prefix, out, summary)
+    except Exception as error:
+        print(f"hpo compare: could not log the report to MLflow at {tracking.describe()}: "
+              f"{str(error).splitlines()[0][:200]}", file=sys.stderr)  # fmt: skip
+        return EXIT_FAILURE
+    print(f"MLflow: the report is in run {run_id} of experiment {experiment!r}")
     return EXIT_OK
 
 

@@ -19,7 +19,7 @@ from hpo.engine.pruning import PruningMirror
 from hpo.engine.signals import Lifeline, signal_name
 from hpo.engine.worker import Worker, WorkerResult
 from hpo.spec.data import load_splits
-from hpo.spec.outcomes import COUNTED
+from hpo.spec.outcomes import COUNTED, COUNTED_NAMES
 from hpo.spec.study_file import StudySpec
 from hpo.storage.batched import FlushAtStart
 from hpo.storage.database import StorageSettings, count_trials
@@ -49,15 +49,14 @@ class RunOutcome:
 
 
 def _finished(counts: dict[str, int]) -> int:
-    return counts.get("COMPLETE", 0) + counts.get("PRUNED", 0)
+    return sum(counts.get(state, 0) for state in COUNTED_NAMES)
 
 
 def pruning_mirror(joined: JoinedStudy, spec: StudySpec) -> PruningMirror | None:
     """The in-memory pruning mirror a worker needs, if its study prunes at all."""
-    if not spec.pruner.decision_epochs(spec.base.epochs):
+    if not spec.decision_epochs:
         return None
-    pruner = spec.pruner.build(epochs=spec.base.epochs)
-    return PruningMirror(joined.study, pruner, spec.study.metric)
+    return PruningMirror(joined.study, joined.study.pruner, spec.study.metric)
 
 
 def settle_heap() -> None:

@@ -105,7 +105,7 @@ class Objective:
         self.splits = splits
         self.observers = observers
         self.mirror = mirror
-        self.decision_epochs = spec.pruner.decision_epochs(spec.base.epochs)
+        self.decision_epochs = spec.decision_epochs
         self.prune = bool(self.decision_epochs)
         self.metric = spec.study.metric
 

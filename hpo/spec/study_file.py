@@ -8,6 +8,7 @@ variables are read here and nowhere below: `HPO_DATA_DIR` picks the IDX data dir
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import os
 import re
@@ -16,7 +17,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from hpo.errors import ConfigError
 from hpo.spec.config import DataConfig, TrainConfig
@@ -50,6 +51,9 @@ from hpo.spec.samplers import PRUNERS, SAMPLERS, PrunerSpec, SamplerSpec
 from hpo.spec.search_table import hidden_sizes, parse_search
 from hpo.spec.space import ParamSpec, SearchSpace, same_value
 from trainer.data import DATASETS
+
+if TYPE_CHECKING:
+    from optuna.pruners import BasePruner
 
 IDX_DATASETS: tuple[str, ...] = ("mnist", "fashion-mnist", "kmnist")
 DEFAULT_SAMPLER, DEFAULT_PRUNER = "tpe", "none"
@@ -189,6 +193,17 @@ class StudySpec:
         if self.study.kind == "optimizer_paths":
             (optimizer,) = (p for p in self.space.params if p.name == "optimizer")
             self.probe.check_optimizers(tuple(optimizer.choices or ()))  # type: ignore[union-attr]
+
+    @functools.cached_property
+    def decision_epochs(self) -> frozenset[int]:
+        """The epochs at which this study's pruner can stop a trial (empty: it never does);
+        computed once, here, for every part of a run that needs them."""
+        return self.pruner.decision_epochs(self.base.epochs)
+
+    def build_pruner(self) -> BasePruner:
+        """The study's Optuna pruner, for its epochs: built once per worker, in
+        `hpo.storage.studies.join_study`; the pruning mirror uses the study's own."""
+        return self.pruner.build(epochs=self.base.epochs)
 
     @property
     def trains(self) -> bool:

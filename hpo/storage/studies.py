@@ -253,7 +253,7 @@ def join_study(
         study_name=name,
         storage=retrying,
         sampler=spec.sampler.build(seed=seed, space=spec.space),
-        pruner=spec.pruner.build(epochs=spec.base.epochs),
+        pruner=spec.build_pruner(),
     )
     return JoinedStudy(study, storage, study_id, worker_index, retrying, batched)
 
