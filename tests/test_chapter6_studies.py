@@ -188,6 +188,8 @@ def test_a_probe_trial_is_mirrored_to_mlflow_without_epochs(name, tmp_path):
     run = _hpo("run", str(STUDIES / f"{name}.toml"), "--storage", storage, "--tracking-uri",
                uri, "--n-trials", "2", "--no-progress", cwd=tmp_path)  # fmt: skip
     assert run.returncode == 0, run.stderr
+    assert "Traceback" not in run.stderr, run.stderr
+    assert "WARNING" not in run.stderr, run.stderr  # the mirror mirrored, and said nothing
     parents, children = mlflow_runs(uri, name)
     spec = load_study_file(STUDIES / f"{name}.toml", environ={})
     metric = spec.study.metric

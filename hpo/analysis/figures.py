@@ -17,6 +17,7 @@ import math
 import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import matplotlib
 import numpy as np
@@ -28,6 +29,11 @@ from matplotlib.colors import ListedColormap, Normalize
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+    from matplotlib.collections import PathCollection
+    from matplotlib.colors import Colormap
 
 BOOK_COLUMNS = 5  # Figure 6-24 of the book: 20 trials in 4 rows of 5
 VAL_STYLE = {"color": "tab:blue", "linestyle": "-", "linewidth": 1.4}
@@ -358,10 +364,54 @@ def lr_weight_decay_figure(
         axes.set_xscale("log")
     if log_y:
         axes.set_yscale("log")
+    mappable, best = _scatter_search(axes, complete, pruned, no_value, cmap, norm, maximize)
+    if x_range is not None:
+        axes.set_xlim(*_padded(x_range, log_x))
+    if y_range is not None:
+        axes.set_ylim(*_padded(y_range, log_y))
+    below = any(norm(p.value) < 0 for p in pruned)
+    above = any(norm(p.value) > 1 for p in pruned)
+    extend = {(True, True): "both", (True, False): "min", (False, True): "max"}
+    bar = figure.colorbar(
+        mappable, ax=axes, extend=extend.get((below, above), "neither"), shrink=0.9
+    )
+    bar.set_label(metric_label + ("" if maximize else " (lower is better)"))
+    axes.set_xlabel("learning rate (lr)")
+    axes.set_ylabel("weight decay (weight_decay_lambda)")
+    axes.set_title(title, fontsize=11)
+    axes.grid(True, which="major", alpha=0.3)
+    # Handles of their own: a collection's first point would give its legend entry a colour.
+    handles = [
+        _marker("o", f"completed ({len(complete)})", face=cmap(0.75), edge="0.25"),
+        _marker("o", f"pruned, at its last value ({len(pruned)})", face="none", edge="0.3"),
+    ]
+    if no_value:
+        handles.append(
+            _marker("x", f"pruned without a value, e.g. diverged ({len(no_value)})", edge="0.55")
+        )
+    if best is not None:
+        handles.append(_marker("*", f"best: trial {best.number}", edge="crimson", size=13))
+    axes.legend(
+        handles=handles, loc="upper center", bbox_to_anchor=(0.5, -0.12), ncols=2, fontsize=8
+    )
+    return _agg(figure)
+
+
+def _scatter_search(
+    axes: Axes,
+    complete: Sequence[SearchPoint],
+    pruned: Sequence[SearchPoint],
+    no_value: Sequence[SearchPoint],
+    cmap: Colormap,
+    norm: Normalize,
+    maximize: bool,
+) -> tuple[PathCollection, SearchPoint | None]:
+    """The trials of `lr_weight_decay_figure` as points (see its docstring for the gids):
+    the completed trials' collection, for the colour bar, and the best trial if any."""
     mappable = axes.scatter(
         [p.lr for p in complete],
         [p.weight_decay for p in complete],
-        c=values,
+        c=np.array([p.value for p in complete], dtype=float),
         cmap=cmap,
         norm=norm,
         s=46,
@@ -395,51 +445,23 @@ def lr_weight_decay_figure(
             gid="no value",
             label=f"pruned without a value, e.g. diverged ({len(no_value)})",
         )
-    if complete:
-        sign = -1.0 if maximize else 1.0  # ties go to the lower number, as in `ranked_trials`
-        best = min(complete, key=lambda p: (sign * p.value, p.number))
-        axes.scatter(
-            [best.lr],
-            [best.weight_decay],
-            marker="*",
-            s=320,
-            facecolors="none",
-            edgecolors="crimson",
-            linewidths=1.4,
-            zorder=4,
-            gid="best",
-            label=f"best: trial {best.number}",
-        )
-    if x_range is not None:
-        axes.set_xlim(*_padded(x_range, log_x))
-    if y_range is not None:
-        axes.set_ylim(*_padded(y_range, log_y))
-    below = any(norm(p.value) < 0 for p in pruned)
-    above = any(norm(p.value) > 1 for p in pruned)
-    extend = {(True, True): "both", (True, False): "min", (False, True): "max"}
-    bar = figure.colorbar(
-        mappable, ax=axes, extend=extend.get((below, above), "neither"), shrink=0.9
+    if not complete:
+        return mappable, None
+    sign = -1.0 if maximize else 1.0  # ties go to the lower number, as in `ranked_trials`
+    best = min(complete, key=lambda p: (sign * p.value, p.number))
+    axes.scatter(
+        [best.lr],
+        [best.weight_decay],
+        marker="*",
+        s=320,
+        facecolors="none",
+        edgecolors="crimson",
+        linewidths=1.4,
+        zorder=4,
+        gid="best",
+        label=f"best: trial {best.number}",
     )
-    bar.set_label(metric_label + ("" if maximize else " (lower is better)"))
-    axes.set_xlabel("learning rate (lr)")
-    axes.set_ylabel("weight decay (weight_decay_lambda)")
-    axes.set_title(title, fontsize=11)
-    axes.grid(True, which="major", alpha=0.3)
-    # Handles of their own: a collection's first point would give its legend entry a colour.
-    handles = [
-        _marker("o", f"completed ({len(complete)})", face=cmap(0.75), edge="0.25"),
-        _marker("o", f"pruned, at its last value ({len(pruned)})", face="none", edge="0.3"),
-    ]
-    if no_value:
-        handles.append(
-            _marker("x", f"pruned without a value, e.g. diverged ({len(no_value)})", edge="0.55")
-        )
-    if complete:
-        handles.append(_marker("*", f"best: trial {best.number}", edge="crimson", size=13))
-    axes.legend(
-        handles=handles, loc="upper center", bbox_to_anchor=(0.5, -0.12), ncols=2, fontsize=8
-    )
-    return _agg(figure)
+    return mappable, best
 
 
 def _marker(marker: str, label: str, *, edge: object, face: object = "none", size: float = 7):

@@ -296,10 +296,8 @@ def write_report(
         raise ConfigError(f"must be at least 1, but got {top}", key="--top")
     best_trial(study)  # the "no completed trial" error, with the trials there are
     metric = spec.study.metric
-    label = metric_name(metric)
     directory.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []
-    skipped: dict[str, str] = {}
 
     ranked = ranked_trials(study)
     listing = directory / "best.txt"
@@ -320,88 +318,95 @@ def write_report(
             save(name, lambda figure=figure: figure)
         return Report(directory, tuple(written), {}, _remove(directory, TRAINING_FIGURES))
 
-    panels = curve_panels(study, metric, top)
-    save(
-        "figure_6_24.png",
-        lambda: figures.figure_6_24(
-            panels,
-            title=f"Figure 6-24 ({study.study_name}): the best {len(panels)} of "
-            f"{len(ranked)} completed trials by {label}",
-        ),
-    )
-
-    refusal = scatter_refusal(spec)
-    if refusal is None:
-        (x_range, log_x), (y_range, log_y) = (
-            _searched_range(study, n) for n in (LR, WEIGHT_DECAY)
-        )
-        points = search_points(study)
-        n_pruned = sum(p.pruned for p in points)
-        save(
-            "lr_weight_decay.png",
-            lambda: figures.lr_weight_decay_figure(
-                points,
-                metric_label=label,
-                maximize=_maximize(study),
-                title=f"{study.study_name}: learning rate and weight decay of "
-                f"{len(points) - n_pruned} completed and {n_pruned} pruned trials",
-                log_x=log_x,
-                log_y=log_y,
-                x_range=x_range,
-                y_range=y_range,
-            ),
-        )
-    else:
-        skipped["lr_weight_decay.png"] = refusal
-
-    save(
-        "optimization_history.png",
-        lambda: figures.optimization_history_figure(study, metric_label=label),
-    )
-    save(
-        "intermediate_values.png",
-        lambda: figures.intermediate_values_figure(
-            history_study(study, metric), metric_label=label, log_y=metric.endswith("loss")
-        ),
-    )
-    refusal = importances_refusal(study)
-    if refusal is None:
-        save(
-            "param_importances.png",
-            lambda: figures.param_importances_figure(study, metric_label=label),
-        )
-    else:
-        skipped["param_importances.png"] = refusal
-    save(
-        "parallel_coordinate.png",
-        lambda: figures.parallel_coordinate_figure(study, metric_label=label),
-    )
-
-    panels = grid_panels(study, spec) if spec.sampler.name == "grid" else None
-    if spec.sampler.name == "grid":
-        curves = setting_curves(study, spec)
-        save(
-            SETTINGS_FIGURE,
-            lambda: figures.settings_figure(
-                curves, title=f"{study.study_name}: {len(curves)} settings, per epoch"
-            ),
-        )
-    if panels is not None:
-        save(
-            GRID_FIGURE,
-            lambda: figures.grid_panels_figure(
-                panels,
-                title=f"{study.study_name}: training accuracy per epoch",
-                ylabel="training accuracy",
-            ),
-        )
-
-    extras = [SETTINGS_FIGURE] * (spec.sampler.name != "grid") + [GRID_FIGURE] * (panels is None)
+    drawings, skipped = _training_drawings(study, spec, top, n_ranked=len(ranked))
+    for name, draw in drawings.items():
+        save(name, draw)
+    extras = [name for name in (SETTINGS_FIGURE, GRID_FIGURE) if name not in drawings]
     from hpo.analysis.probe_report import ACTIVATIONS_FIGURE, PATHS_FIGURE
 
     removed = _remove(directory, [*skipped, *extras, PATHS_FIGURE, ACTIVATIONS_FIGURE])
     logger.info("wrote %d files to %s", len(written), directory)
     return Report(directory, tuple(written), skipped, removed)
+
+
+Drawings = dict[str, Callable[[], "Figure"]]
+
+
+def _training_drawings(
+    study: optuna.Study, spec: StudySpec, top: int, *, n_ranked: int
+) -> tuple[Drawings, dict[str, str]]:
+    """The figures of a training study, by file name, in the order they are drawn; and the
+    ones left out, with the reason."""
+    metric = spec.study.metric
+    label = metric_name(metric)
+    panels = curve_panels(study, metric, top)
+    drawings: Drawings = {
+        "figure_6_24.png": lambda: figures.figure_6_24(
+            panels,
+            title=f"Figure 6-24 ({study.study_name}): the best {len(panels)} of "
+            f"{n_ranked} completed trials by {label}",
+        )
+    }
+    skipped: dict[str, str] = {}
+    refusal = scatter_refusal(spec)
+    if refusal is None:
+        drawings["lr_weight_decay.png"] = _lr_weight_decay_drawing(study, label)
+    else:
+        skipped["lr_weight_decay.png"] = refusal
+    drawings["optimization_history.png"] = lambda: figures.optimization_history_figure(
+        study, metric_label=label
+    )
+    drawings["intermediate_values.png"] = lambda: figures.intermediate_values_figure(
+        history_study(study, metric), metric_label=label, log_y=metric.endswith("loss")
+    )
+    refusal = importances_refusal(study)
+    if refusal is None:
+        drawings["param_importances.png"] = lambda: figures.param_importances_figure(
+            study, metric_label=label
+        )
+    else:
+        skipped["param_importances.png"] = refusal
+    drawings["parallel_coordinate.png"] = lambda: figures.parallel_coordinate_figure(
+        study, metric_label=label
+    )
+    if spec.sampler.name == "grid":
+        drawings.update(_grid_drawings(study, spec))
+    return drawings, skipped
+
+
+def _lr_weight_decay_drawing(study: optuna.Study, label: str) -> Callable[[], Figure]:
+    (x_range, log_x), (y_range, log_y) = (_searched_range(study, n) for n in (LR, WEIGHT_DECAY))
+    points = search_points(study)
+    n_pruned = sum(p.pruned for p in points)
+    return lambda: figures.lr_weight_decay_figure(
+        points,
+        metric_label=label,
+        maximize=_maximize(study),
+        title=f"{study.study_name}: learning rate and weight decay of "
+        f"{len(points) - n_pruned} completed and {n_pruned} pruned trials",
+        log_x=log_x,
+        log_y=log_y,
+        x_range=x_range,
+        y_range=y_range,
+    )
+
+
+def _grid_drawings(study: optuna.Study, spec: StudySpec) -> Drawings:
+    """A grid study's settings figure, and its grid of panels where the grid has one."""
+    panels = grid_panels(study, spec)
+    curves = setting_curves(study, spec)
+    drawings: Drawings = {
+        SETTINGS_FIGURE: lambda: figures.settings_figure(
+            curves, title=f"{study.study_name}: {len(curves)} settings, per epoch"
+        )
+    }
+    if panels is not None:
+        drawings[GRID_FIGURE] = lambda: figures.grid_panels_figure(
+            panels,
+            title=f"{study.study_name}: training accuracy per epoch",
+            ylabel="training accuracy",
+        )
+    return drawings
 
 
 def _remove(directory: Path, names: list[str] | tuple[str, ...]) -> tuple[Path, ...]:

@@ -111,6 +111,7 @@ class Backend:
         self._starts.put((number, params, seed, at))
 
     def metrics(self, number: int, values: list[tuple[str, float, int, int]]) -> None:
+        _import_mlflow()
         from mlflow.entities import Metric
 
         with self._lock:
@@ -119,6 +120,7 @@ class Backend:
                 state.pending.extend(Metric(*value) for value in values)
 
     def finish(self, trial: FrozenTrial) -> None:
+        _import_mlflow()
         from mlflow.entities import Metric, RunTag
 
         self.seen.add(trial.number)
@@ -229,6 +231,7 @@ class Backend:
         from hpo.storage.studies import load_existing_study
         from hpo.tracking.sync import sync_study
 
+        _import_mlflow()
         if self.parent is None:
             self._setup()
         assert self.parent is not None
@@ -270,6 +273,7 @@ class Backend:
             self._making_client = True
             try:
                 with _keep_alive(lambda: self.progress()):  # local work: importing, the store
+                    _import_mlflow()
                     self.client = make_client(self.tracking)
             finally:
                 self._making_client = False
@@ -313,6 +317,7 @@ class Backend:
                 logger.debug("creating the run of trial %s failed", start[0], exc_info=True)
 
     def _create(self, number: int, params: dict[str, Any], seed: int, at: int) -> None:
+        _import_mlflow()
         from mlflow.entities import Param
 
         with self._lock:
@@ -375,6 +380,19 @@ class Backend:
         if self._best is None:
             return True
         return value > self._best if self._maximize else value < self._best
+
+
+_IMPORTING = threading.Lock()
+
+
+def _import_mlflow() -> None:
+    """Import MLflow in one thread at a time. The mirror's threads all use it, and a thread
+    that imports MLflow while another is importing it can meet a partially initialised module
+    (an ImportError that reads like a circular import; seen on a loaded machine when a short
+    study's first trial ended while the store was being opened)."""
+    with _IMPORTING:
+        import mlflow.entities  # noqa: F401
+        from mlflow import MlflowClient  # noqa: F401
 
 
 @contextlib.contextmanager
