@@ -128,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
     import optuna
 
     optuna.logging.set_verbosity(logging.WARNING)
-    stop_on_signals()  # whatever this process inherited: see `hpo.cli.compare`
+    stop_on_signals()  # whatever this process inherited: see `hpo.cli.main`
     try:
         return run_arm(args)
     except KeyboardInterrupt as stop:

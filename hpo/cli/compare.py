@@ -17,7 +17,7 @@ from hpo.cli.common import (
     tracking_flags,
     tracking_from,
 )
-from hpo.engine.signals import exit_status, signal_name, stop_on_signals
+from hpo.engine.signals import exit_status, signal_name
 
 if TYPE_CHECKING:
     from hpo.analysis.compare import ComparePlan, Row
@@ -86,9 +86,6 @@ def _add_compare_parser(commands: Commands) -> None:
 
 
 def _cmd_compare(args: argparse.Namespace) -> int:
-    # Handled whatever this process inherited (a background job starts with SIGINT ignored):
-    # Ctrl-C and SIGTERM stop the comparison and its studies, which resume on the next run.
-    stop_on_signals()
     from hpo.analysis.compare import plan
     from hpo.spec.names import study_folder
     from hpo.spec.study_file import load_study_file

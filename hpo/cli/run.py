@@ -78,13 +78,11 @@ def _overrides(args: argparse.Namespace) -> list[str]:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from hpo.engine.signals import stop_on_signals
     from hpo.errors import ConfigError
     from hpo.spec.limits import MAX_WORKERS
     from hpo.spec.study_file import load_study_file
     from hpo.storage.database import resolve_storage
 
-    stop_on_signals()
     if args.workers < 1:
         raise ConfigError(f"must be at least 1, but got {args.workers}", key="--workers")
     check_range(args.workers, "--workers", 1, MAX_WORKERS)
