@@ -7,6 +7,9 @@ overwrite a trial that another worker ended nor write twice.
 
 from __future__ import annotations
 
+import os
+import socket
+
 import optuna
 import pytest
 import sqlalchemy
@@ -109,7 +112,7 @@ def test_tpe_samples_the_same_trials_batched(storage_url, tpe_spec, tmp_path):
     assert relative == [2, 3, 4]
 
 
-def test_parameters_and_seed_are_in_the_database_when_training_starts(storage_url, spec):
+def test_parameters_seed_and_worker_are_in_the_database_when_training_starts(storage_url, spec):
     seen = {}
 
     class Peek:
@@ -117,7 +120,13 @@ def test_parameters_and_seed_are_in_the_database_when_training_starts(storage_ur
 
         def trial_started(self, trial, seed):
             stored = _stored(storage_url, "tiny")[trial.number]
-            seen[trial.number] = (stored.state, stored.params, stored.user_attrs.get("seed"))
+            attrs = stored.user_attrs
+            seen[trial.number] = (
+                stored.state,
+                stored.params,
+                attrs.get("seed"),
+                attrs.get("worker"),
+            )
 
         def epoch_ended(self, trial, epoch, metrics):
             pass
@@ -127,10 +136,11 @@ def test_parameters_and_seed_are_in_the_database_when_training_starts(storage_ur
 
     worker = _run(storage_url, spec, observers=(Peek(),))
     finished = worker.study.get_trials()
+    here = f"{socket.gethostname()}:{os.getpid()}"
     assert seen == {
-        t.number: (TrialState.RUNNING, t.params, t.user_attrs["seed"]) for t in finished
+        t.number: (TrialState.RUNNING, t.params, t.user_attrs["seed"], here) for t in finished
     }
-    assert all(params for _, params, _ in seen.values())
+    assert all(params for _, params, _, _ in seen.values())
 
 
 def test_a_samplers_notes_are_in_the_database_when_training_starts(storage_url, tpe_spec):

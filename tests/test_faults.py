@@ -9,6 +9,7 @@ Figures (kills, lags, connections) are printed for the README's reliability sect
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import signal
@@ -139,21 +140,23 @@ def _wait_until(condition, timeout: float = 120, what: str = "") -> None:
 # -- 1. kill -9, again and again ---------------------------------------------------------------
 
 
-def _trials_in_training(uri: str, experiment: str) -> dict[int, int]:
-    """Worker pid -> number of the trial it trains now, from the live MLflow child runs."""
-    client = MlflowClient(tracking_uri=uri)
-    found = client.get_experiment_by_name(experiment)
-    if found is None:
-        return {}
-    runs = client.search_runs(
-        [found.experiment_id],
-        filter_string="attributes.status = 'RUNNING' and tags.`hpo.role` = 'trial'",
+def _workers_training(storage: str) -> set[int]:
+    """Pids of the workers training a RUNNING trial now: each trial records its worker
+    ("host:pid") as its training starts, with its parameters."""
+    statement = sqlalchemy.text(
+        "SELECT a.value_json FROM trial_user_attributes a "
+        "JOIN trials t ON t.trial_id = a.trial_id JOIN studies s ON s.study_id = t.study_id "
+        "WHERE s.study_name = 'tiny' AND t.state = 'RUNNING' AND a.key = 'worker'"
     )
-    training: dict[int, int] = {}
-    for run in runs:
-        pid, number = int(run.data.tags["hpo.worker_pid"]), int(run.data.tags["hpo.trial_number"])
-        training[pid] = max(number, training.get(pid, number))
-    return training
+    engine = sqlalchemy.create_engine(storage, poolclass=sqlalchemy.pool.NullPool)
+    try:
+        with engine.connect() as connection:
+            labels = [json.loads(v) for v in connection.execute(statement).scalars()]
+    except sqlalchemy.exc.SQLAlchemyError:  # no schema yet
+        return set()
+    finally:
+        engine.dispose()
+    return {int(label.rsplit(":", 1)[1]) for label in labels}
 
 
 def test_workers_killed_at_random_lose_no_trial(
@@ -173,10 +176,8 @@ def test_workers_killed_at_random_lose_no_trial(
         time.sleep(rng.uniform(1, 2.5))
         if _finished_trials(fresh_postgres_url) >= n_trials - 6:
             break
-        training = _trials_in_training(mlflow_server.uri, group.experiment)
-        # Past start-up, and (MLflow's view lags) the trial it trains is still running.
-        running = _trial_numbers(fresh_postgres_url, "RUNNING")
-        ready = [p for p in group.alive() if training.get(p.pid) in running]
+        training = _workers_training(fresh_postgres_url)
+        ready = [p for p in group.alive() if p.pid in training]
         if not ready:
             continue
         victim = rng.choice(ready)
@@ -339,17 +340,25 @@ def test_an_mlflow_outage_mid_study_is_filled_in_by_the_end(
     runs: the trials it missed are in it by the end, each once."""
     server = new_mlflow_server()
     server.start()
-    n_trials = 24
+    n_trials = 30
     study_file = tiny_study_file(n_trials=n_trials, epochs=120, hidden=256)
-    # The group is paused while the server starts again (how long that takes depends on the
-    # machine's load, and the study must not end first); no trial is judged stale meanwhile.
+    # The group is paused while the server stops and starts (how long that takes depends on
+    # the machine's load, and the study must not end first); no trial is judged stale meanwhile.
     group = Workers(study_file, fresh_postgres_url, server.uri, tmp_path, HPO_GRACE_PERIOD="600")
     workers.append(group)
     group.start()
     group.start()
     _wait_until(lambda: _mirrored_runs(server.uri, group.experiment) >= 1, what="a mirrored run")
-    server.stop()
-    down_from = _finished_trials(fresh_postgres_url)
+    paused = group.pause()
+    try:
+        down_from = _finished_trials(fresh_postgres_url)
+        assert down_from <= n_trials - 8, (
+            f"{down_from} of {n_trials} trials had ended by the first mirrored run",
+            group.logs(),
+        )
+        server.stop()
+    finally:
+        group.resume(paused)
     _wait_until(lambda: _finished_trials(fresh_postgres_url) >= down_from + 4, what="4 more")
     paused = group.pause()
     try:

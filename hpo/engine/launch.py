@@ -6,6 +6,7 @@ import gc
 import logging
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -26,6 +27,7 @@ from hpo.storage.database import StorageSettings, count_trials
 from hpo.storage.retry import call_with_retry, is_transient
 from hpo.storage.studies import JoinedStudy, join_study
 from hpo.tracking.mirror import MIRROR_FD_ENV, Mirror, TrialMirror
+from trainer import EpochMetrics
 from trainer.data import DataSplits
 
 logger = logging.getLogger(__name__)
@@ -67,6 +69,27 @@ def settle_heap() -> None:
     gc.freeze()
 
 
+class RecordWorker:
+    """An objective's observer: each trial names the worker that trains it (user attribute
+    `worker`, "host:pid"), written with its parameters when training starts. In a study
+    shared by many machines, that says where a trial ran, or which worker to look at while
+    it runs."""
+
+    def __init__(self) -> None:
+        self.label = f"{socket.gethostname()}:{os.getpid()}"
+
+    def trial_started(self, trial: optuna.trial.BaseTrial, seed: int) -> None:
+        trial.set_user_attr("worker", self.label)
+
+    def epoch_ended(
+        self, trial: optuna.trial.BaseTrial, epoch: int, metrics: EpochMetrics
+    ) -> None:
+        pass
+
+    def trial_ending(self, trial: optuna.trial.BaseTrial) -> None:
+        pass
+
+
 def build_objective(
     joined: JoinedStudy,
     spec: StudySpec,
@@ -74,9 +97,9 @@ def build_objective(
     *,
     observers: tuple[TrialObserver, ...] = (),
 ) -> Callable[[optuna.Trial], float]:
-    """The objective a worker runs: its trials' parameters and seed are written as each
+    """The objective a worker runs: its trials' parameters, seed and worker are written as each
     starts (`FlushAtStart`), before the other observers (MLflow) hear of it."""
-    observers = (FlushAtStart(joined.retrying), *observers)
+    observers = (RecordWorker(), FlushAtStart(joined.retrying), *observers)
     if splits is None:  # optimizer paths or activations: no data, nothing trained
         from hpo.engine.probes import ProbeObjective
 
