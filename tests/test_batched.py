@@ -19,8 +19,8 @@ from hpo.engine.launch import build_objective
 from hpo.engine.worker import Worker
 from hpo.spec.data import load_splits
 from hpo.spec.study_file import load_study_file
-from hpo.storage.batched import _Pending
 from hpo.storage.database import open_storage, resolve_storage
+from hpo.storage.optuna_adapter.batched import _Pending
 from hpo.storage.studies import join_study, prepare_study
 
 

@@ -14,7 +14,8 @@ import optuna
 import pytest
 from _checks import assert_study_is_whole
 
-from hpo.storage.database import count_trials, open_storage, resolve_storage
+from hpo.storage.database import open_storage, resolve_storage
+from hpo.storage.optuna_adapter.queries import count_trials
 from hpo.storage.studies import records
 
 pytestmark = pytest.mark.slow  # the fast tier: pytest -m 'not slow'

@@ -18,10 +18,10 @@ from hpo.spec.study_file import load_study_file
 from hpo.storage.database import (
     StorageSettings,
     StorageUnavailable,
-    count_trials,
     open_storage,
     resolve_storage,
 )
+from hpo.storage.optuna_adapter.queries import count_trials
 from hpo.storage.studies import join_study, load_existing_study, prepare_study, stored_spec
 
 

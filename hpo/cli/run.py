@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 import time
@@ -57,6 +58,12 @@ def _add_run_parser(commands: Commands) -> None:
         "data_dir, else ~/.cache/hpo/<dataset>)",
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument(
+        "--no-optuna-adapter",
+        action="store_true",
+        help="write trials through Optuna's public storage API only, slower; as "
+        "HPO_OPTUNA_ADAPTER=off (see hpo.storage.optuna_adapter)",
+    )
     tracking_flags(p)
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     p.set_defaults(handler=_cmd_run)
@@ -82,7 +89,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from hpo.spec.limits import MAX_WORKERS
     from hpo.spec.study_file import load_study_file
     from hpo.storage.database import resolve_storage
+    from hpo.storage.optuna_adapter import ADAPTER_ENV
 
+    if args.no_optuna_adapter:  # read where the study is joined; worker processes inherit it
+        os.environ[ADAPTER_ENV] = "off"
     if args.workers < 1:
         raise ConfigError(f"must be at least 1, but got {args.workers}", key="--workers")
     check_range(args.workers, "--workers", 1, MAX_WORKERS)

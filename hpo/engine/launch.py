@@ -22,8 +22,9 @@ from hpo.engine.worker import Worker, WorkerResult
 from hpo.spec.data import load_splits
 from hpo.spec.outcomes import COUNTED, COUNTED_NAMES
 from hpo.spec.study_file import StudySpec
-from hpo.storage.batched import FlushAtStart
-from hpo.storage.database import StorageSettings, count_trials
+from hpo.storage.database import StorageSettings
+from hpo.storage.optuna_adapter.batched import FlushAtStart
+from hpo.storage.optuna_adapter.queries import count_trials
 from hpo.storage.retry import call_with_retry, is_transient
 from hpo.storage.studies import JoinedStudy, join_study
 from hpo.tracking.mirror import MIRROR_FD_ENV, Mirror, TrialMirror
@@ -99,7 +100,8 @@ def build_objective(
 ) -> Callable[[optuna.Trial], float]:
     """The objective a worker runs: its trials' parameters, seed and worker are written as each
     starts (`FlushAtStart`), before the other observers (MLflow) hear of it."""
-    observers = (RecordWorker(), FlushAtStart(joined.retrying), *observers)
+    flush = (FlushAtStart(joined.retrying),) if joined.batched is not None else ()
+    observers = (RecordWorker(), *flush, *observers)
     if splits is None:  # optimizer paths or activations: no data, nothing trained
         from hpo.engine.probes import ProbeObjective
 

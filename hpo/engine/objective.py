@@ -20,6 +20,7 @@ from hpo.spec.config import TrainConfig
 from hpo.spec.outcomes import EPOCH_METRICS
 from hpo.spec.seeds import INIT_STREAM, SHUFFLE_STREAM, derive_seed, name_key
 from hpo.spec.study_file import StudySpec
+from hpo.storage.optuna_adapter.internals import initial_user_attrs
 from trainer import EpochMetrics, MultiLayerNet, TrainingDiverged, TrainingHistory, train
 from trainer.data import DataSplits
 
@@ -50,23 +51,12 @@ def trial_seed(trial: optuna.trial.BaseTrial, study_seed: int, study_name: str) 
     (A worker killed in the milliseconds between claiming a trial and recording its seed
     trained nothing; the retry then gets the same parameters and a seed of its own.)
     """
-    fixed = _initial_user_attrs(trial).get("seed")
+    fixed = initial_user_attrs(trial).get("seed")
     if fixed is not None:
         return int(fixed)
     seed = derive_seed(study_seed, TRIAL_STREAM, name_key(study_name), trial.number)
     trial.set_user_attr("seed", seed)
     return seed
-
-
-def _initial_user_attrs(trial: optuna.trial.BaseTrial) -> dict[str, Any]:
-    """The user attributes the trial started with.
-
-    A live `optuna.Trial` holds the trial as it was when claimed (`_cached_frozen_trial`,
-    private to Optuna); reading that spares a database query per trial. Anything else (a
-    FixedTrial, or an Optuna that renamed the attribute) is asked the public way.
-    """
-    cached = getattr(trial, "_cached_frozen_trial", None)
-    return cached.user_attrs if cached is not None else trial.user_attrs
 
 
 @dataclass
@@ -116,6 +106,7 @@ class Objective:
         config = self.config_for(trial)
         seed = trial_seed(trial, self.spec.study.seed, self.spec.study.name)
         history = EpochHistory()
+        reported: set[int] = set()  # the epochs reported to the trial so far
         for observer in self.observers:
             observer.trial_started(trial, seed)
 
@@ -132,10 +123,12 @@ class Objective:
                 decide = epoch in self.decision_epochs
                 if session.should_prune(epoch, value, decide=decide):
                     trial.report(value, epoch)  # the one report: a pruned trial keeps a value
+                    reported.add(epoch)
                     raise optuna.TrialPruned(f"pruned at epoch {epoch}")
                 return
             # No mirror (an in-memory study, where reports cost nothing): Optuna's own way.
             trial.report(value, epoch)
+            reported.add(epoch)
             if trial.should_prune():
                 raise optuna.TrialPruned(f"pruned at epoch {epoch}")
 
@@ -155,7 +148,7 @@ class Objective:
             raise
         finally:
             trial.set_user_attr("history", history.columns)
-            _report_every_epoch(trial, history.columns[self.metric])
+            _report_every_epoch(trial, history.columns[self.metric], reported)
             for observer in self.observers:
                 observer.trial_ending(trial)
             if session is not None:
@@ -169,22 +162,19 @@ class Objective:
         return train_trial(self.splits, config, seed, on_epoch_end)[1].final
 
 
-def _report_every_epoch(trial: optuna.trial.BaseTrial, values: list[float]) -> None:
+def _report_every_epoch(
+    trial: optuna.trial.BaseTrial, values: list[float], reported: Container[int]
+) -> None:
     """The metric's every epoch as the trial's intermediate values, as optuna-dashboard draws
-    learning curves from them. Pruning reported only the epochs it decides at; the rest are
-    reported now, at the trial's end, so that they go to the storage with its final write (one
-    transaction, see `hpo.storage.batched`)."""
+    learning curves from them. Pruning reported only the epochs it decides at (`reported`; a
+    trial, retries included, starts with none); the rest are reported now, at the trial's
+    end, so that they go to the storage with its final write (one transaction, see
+    `hpo.storage.optuna_adapter.batched`)."""
     if isinstance(trial, optuna.trial.FixedTrial):
         return  # a replay: nothing is stored
-    reported = _reported_steps(trial)
     for epoch, value in enumerate(values, start=1):
         if epoch not in reported:
             trial.report(value, epoch)
-
-
-def _reported_steps(trial: optuna.trial.BaseTrial) -> Container[int]:
-    cached = getattr(trial, "_cached_frozen_trial", None)  # see `_initial_user_attrs`
-    return cached.intermediate_values if cached is not None else ()
 
 
 def train_trial(

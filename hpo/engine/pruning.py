@@ -25,6 +25,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState, create_trial
 
 from hpo.spec.outcomes import ENDED
+from hpo.storage.optuna_adapter.internals import trial_id_of
 
 
 class PruningMirror:
@@ -132,7 +133,7 @@ class MirroredTrial:
     def _write_through(self, system_attrs: dict) -> None:
         for key, value in system_attrs.items():
             if key not in self._written:
-                self._trial.storage.set_trial_system_attr(self._trial._trial_id, key, value)
+                self._trial.storage.set_trial_system_attr(trial_id_of(self._trial), key, value)
                 self._written.add(key)
 
     def finish(self, state: TrialState, value: float | None) -> None:

@@ -26,8 +26,10 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from hpo.spec.outcomes import COUNTED_NAMES
-from hpo.storage.database import StorageSettings, count_trials, orphaned_trial_ids
+from hpo.storage.database import StorageSettings
 from hpo.storage.locks import StorageLock
+from hpo.storage.optuna_adapter.internals import stale_trial_ids, trial_id_of
+from hpo.storage.optuna_adapter.queries import count_trials, orphaned_trial_ids
 from hpo.storage.retry import OUTAGES, Backoff, describe_error, is_transient
 from hpo.storage.studies import JoinedStudy
 
@@ -201,10 +203,13 @@ class Worker:
     def _fail_own_running_trials(self) -> None:
         """On a stop: fail the trial this worker had started and not yet told, wherever the
         stop came (while it was asked for, sampled, or told), so none is left RUNNING."""
-        for trial_id in self.joined.batched.live_trial_ids():
+        batched = self.joined.batched
+        if batched is None:  # the adapter is off: Optuna's own storage knows no live trials,
+            return  # and a stop outside training leaves the trial to the sweep, as in Optuna
+        for trial_id in batched.live_trial_ids():
             # UpdateFinishedTrialError: its tell was stored after all, or a sweeper failed it.
             with contextlib.suppress(optuna.exceptions.UpdateFinishedTrialError):
-                self.joined.batched.set_trial_state_values(trial_id, TrialState.FAIL)
+                batched.set_trial_state_values(trial_id, TrialState.FAIL)
 
     def _run_until_done(self, result: WorkerResult, deadline: float | None) -> WorkerResult:
         streak = 0
@@ -279,7 +284,8 @@ class Worker:
         if finished + counts.get("RUNNING", 0) >= self.n_trials:
             return _WAIT
         # Counted under the lock: `ask` need not look for waiting trials if there are none.
-        self.joined.batched.expect_waiting(counts.get("WAITING", 0))
+        if self.joined.batched is not None:
+            self.joined.batched.expect_waiting(counts.get("WAITING", 0))
         with warnings.catch_warnings():
             # Optuna warns that heartbeats are meant for Study.optimize; this loop is our
             # Study.optimize, with the heartbeat below.
@@ -305,7 +311,12 @@ class Worker:
             logger.debug("the storage is back from an outage: waiting for heartbeats")
             return
         storage = self.joined.retrying
-        stale = set(storage._get_stale_trial_ids(self.joined.study_id))
+        if self.joined.batched is None:  # the adapter is off: Optuna's public sweep
+            with self._sweep_lock(), warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                optuna.storages.fail_stale_trials(self.study)
+            return
+        stale = set(stale_trial_ids(storage, self.joined.study_id))
         orphaned = set(
             orphaned_trial_ids(
                 self.joined.storage, self.joined.study_id, self.settings.grace_period
@@ -360,7 +371,7 @@ class Worker:
     def _run_trial(self, trial: optuna.Trial, result: WorkerResult) -> None:
         # The heartbeat lasts until the storage knows how the trial ended: a `tell` that
         # waits out an outage keeps beating, so that other workers do not fail it as stale.
-        with _Heartbeat(self.joined.storage, trial._trial_id, self.settings.heartbeat_interval):
+        with _Heartbeat(self.joined.storage, trial_id_of(trial), self.settings.heartbeat_interval):
             frozen = self._train_and_tell(trial, result)
         if frozen.state == TrialState.COMPLETE:
             result.complete += 1
@@ -395,4 +406,4 @@ class Worker:
             message = f"trial {trial.number} was failed as stale while it ran; it is retried"
             logger.warning(message)
             result.errors.append(message)
-            return self.joined.retrying.get_trial(trial._trial_id)
+            return self.joined.retrying.get_trial(trial_id_of(trial))

@@ -15,7 +15,6 @@ import re
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -238,55 +237,3 @@ def _require_studies(settings: StorageSettings) -> None:
 def first_line(error: BaseException) -> str:
     text = str(getattr(error, "orig", None) or error)
     return text.strip().splitlines()[0] if text.strip() else type(error).__name__
-
-
-def count_trials(
-    storage: optuna.storages.RDBStorage,
-    study_id: int,
-    connection: sqlalchemy.Connection | None = None,
-) -> dict[str, int]:
-    """Trials per state name ("COMPLETE", "RUNNING", ...) in one query.
-
-    `BaseStorage.get_n_trials` loads every trial to count them; this runs once per claimed
-    trial, so it asks the database for the counts instead, on `connection` if given (a claim
-    counts on the connection that holds its lock, saving a checkout and its health check).
-    """
-    statement = sqlalchemy.text(
-        "SELECT state, COUNT(*) FROM trials WHERE study_id = :study_id GROUP BY state"
-    )
-    if connection is not None:
-        rows = connection.execute(statement, {"study_id": study_id}).all()
-    else:
-        with storage.engine.connect() as connection:
-            rows = connection.execute(statement, {"study_id": study_id}).all()
-    return {str(getattr(state, "name", state)): int(n) for state, n in rows}
-
-
-def orphaned_trial_ids(
-    storage: optuna.storages.RDBStorage, study_id: int, grace_period: int
-) -> list[int]:
-    """RUNNING trials that never sent a heartbeat and started over `grace_period` s ago.
-
-    Optuna only declares a trial stale from its last heartbeat, so a worker killed between
-    creating a trial and its first heartbeat would leave it RUNNING forever. Start times are
-    the creating worker's local `datetime.now()`, as Optuna writes them.
-    """
-    statement = sqlalchemy.text(
-        "SELECT t.trial_id, t.datetime_start FROM trials t "
-        "LEFT JOIN trial_heartbeats h ON h.trial_id = t.trial_id "
-        "WHERE t.study_id = :study_id AND t.state = 'RUNNING' AND h.trial_id IS NULL"
-    )
-    with storage.engine.connect() as connection:
-        rows = connection.execute(statement, {"study_id": study_id}).all()
-    now = datetime.now()
-    return [
-        trial_id
-        for trial_id, started in rows
-        if started is not None and (now - _as_datetime(started)).total_seconds() > grace_period
-    ]
-
-
-def _as_datetime(value: Any) -> datetime:
-    """Raw SQL returns SQLite's DATETIME columns as text, PostgreSQL's as datetimes."""
-    value = datetime.fromisoformat(value) if isinstance(value, str) else value
-    return value.replace(tzinfo=None)

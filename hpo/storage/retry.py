@@ -25,8 +25,9 @@ from typing import Any, TypeVar
 
 import optuna
 from optuna.storages import BaseStorage
-from optuna.storages._heartbeat import BaseHeartbeat
 from sqlalchemy.exc import DBAPIError, DisconnectionError, InterfaceError, OperationalError
+
+from hpo.storage.optuna_adapter.internals import PRIVATE_STORAGE_METHODS, BaseHeartbeat
 
 logger = logging.getLogger(__name__)
 
@@ -211,8 +212,8 @@ _RETRIED = (
     "get_trial_user_attrs",
     "get_trial_system_attrs",
     "record_heartbeat",
-    "_get_stale_trial_ids",
-    # hpo.storage.batched: a running trial's parameters and seed, in one transaction
+    *PRIVATE_STORAGE_METHODS,
+    # hpo.storage.optuna_adapter.batched: a running trial's parameters and seed, at once
     "flush_trial",
 )
 _PASSED_THROUGH = (
@@ -223,7 +224,7 @@ _PASSED_THROUGH = (
 )
 
 
-# Every storage method a wrapper of a storage forwards (see also hpo.storage.batched).
+# Every storage method a wrapper of a storage forwards (see also optuna_adapter.batched).
 STORAGE_METHODS = _RETRIED + _PASSED_THROUGH
 
 

@@ -20,15 +20,16 @@ from pathlib import Path
 from typing import Any
 
 import optuna
-from optuna.storages._cached_storage import _CachedStorage
 
 from hpo.errors import ConfigError
 from hpo.spec.names import check_new_study_name
 from hpo.spec.seeds import derive_seed, name_key
 from hpo.spec.study_file import StudySpec, parse_study
-from hpo.storage.batched import BatchedTrialStorage
 from hpo.storage.database import StorageSettings, open_storage
 from hpo.storage.locks import StorageLock
+from hpo.storage.optuna_adapter import adapter_active
+from hpo.storage.optuna_adapter.batched import BatchedTrialStorage
+from hpo.storage.optuna_adapter.internals import CachedStorage
 from hpo.storage.retry import RetryingStorage
 
 logger = logging.getLogger(__name__)
@@ -98,7 +99,7 @@ class JoinedStudy:
     study_id: int
     worker_index: int
     retrying: RetryingStorage
-    batched: BatchedTrialStorage
+    batched: BatchedTrialStorage | None  # None with the Optuna adapter off
 
 
 def prepare_study(settings: StorageSettings, spec: StudySpec) -> bool:
@@ -241,13 +242,13 @@ def join_study(
             worker_index = int(_records_in(storage, study_id).get(WORKERS_ATTR, 0))
             storage.set_study_system_attr(study_id, WORKERS_ATTR, worker_index + 1)
     seed = sampler_seed(spec, worker_index)
-    # The cache Optuna puts around an RDBStorage, which keeps finished trials in memory so
-    # that the sampler does not read them again at every ask; around it, this worker's
-    # running trials written in two transactions each (see hpo.storage.batched); around both, the
-    # retries.
-    batched = BatchedTrialStorage(_CachedStorage(storage))
+    # With the adapter (hpo.storage.optuna_adapter): the cache Optuna puts around an
+    # RDBStorage, which keeps finished trials in memory so that the sampler does not read them
+    # again at every ask; around it, this worker's running trials written in two transactions
+    # each. Without: Optuna's storage as its public API gives it. Around either, the retries.
+    batched = BatchedTrialStorage(CachedStorage(storage)) if adapter_active() else None
     retrying = RetryingStorage(
-        batched, what=f"the storage {settings.redacted()}", patience=settings.patience
+        batched or storage, what=f"the storage {settings.redacted()}", patience=settings.patience
     )
     study = optuna.load_study(
         study_name=name,

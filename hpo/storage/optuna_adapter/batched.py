@@ -40,20 +40,26 @@ from optuna.distributions import (
     json_to_distribution,
 )
 from optuna.storages import BaseStorage
-from optuna.storages._cached_storage import _CachedStorage, _StudyInfo
-from optuna.storages._heartbeat import BaseHeartbeat
-from optuna.storages._rdb import models
 from optuna.trial import FrozenTrial, TrialState
 
+from hpo.storage.optuna_adapter.internals import (
+    BaseHeartbeat,
+    CachedStorage,
+    backend_of,
+    cache_created_trial,
+    stored_intermediate_value,
+    stored_value,
+    trial_id_of,
+)
+from hpo.storage.optuna_adapter.rows import RowWriter, Transaction
 from hpo.storage.retry import STORAGE_METHODS
-from hpo.storage.rows import RowWriter, Transaction
 from trainer import EpochMetrics
 
 logger = logging.getLogger(__name__)
 
 
 def _intermediate_row(trial_id: int, step: int, value: float) -> dict[str, Any]:
-    stored, kind = models.TrialIntermediateValueModel.intermediate_value_to_stored_repr(value)
+    stored, kind = stored_intermediate_value(value)
     return {
         "trial_id": trial_id,
         "step": step,
@@ -63,7 +69,7 @@ def _intermediate_row(trial_id: int, step: int, value: float) -> dict[str, Any]:
 
 
 def _value_row(trial_id: int, objective: int, value: float) -> dict[str, Any]:
-    stored, kind = models.TrialValueModel.value_to_stored_repr(value)
+    stored, kind = stored_value(value)
     return {"trial_id": trial_id, "objective": objective, "value": stored, "value_type": kind}
 
 
@@ -85,9 +91,9 @@ class _Pending:
 class BatchedTrialStorage(BaseStorage, BaseHeartbeat):
     """Optuna's cached RDB storage, with this worker's running trials written in batches."""
 
-    def __init__(self, inner: _CachedStorage) -> None:
+    def __init__(self, inner: CachedStorage) -> None:
         self.inner = inner
-        self.backend: optuna.storages.RDBStorage = inner._backend
+        self.backend: optuna.storages.RDBStorage = backend_of(inner)
         self.rows = RowWriter(self.backend.engine)
         # Batching writes Optuna's tables itself; only the dialects hpo supports do upserts.
         self.enabled = self.backend.engine.dialect.name in ("postgresql", "sqlite")
@@ -105,11 +111,9 @@ class BatchedTrialStorage(BaseStorage, BaseHeartbeat):
         if not self.enabled or template_trial is not None:  # templates: retries, enqueues
             return self.inner.create_new_trial(study_id, template_trial)
         trial = self._insert_trial(study_id)  # `ask`
-        self._adopt(trial._trial_id, trial)  # first: a stop from here on finds it live
-        with self.inner._lock:  # as the cache records the trials it creates
-            self.inner._studies.setdefault(study_id, _StudyInfo())
-            self.inner._add_trials_to_cache(study_id, [copy.deepcopy(trial)])
-        return trial._trial_id
+        self._adopt(trial_id_of(trial), trial)  # first: a stop from here on finds it live
+        cache_created_trial(self.inner, study_id, trial)
+        return trial_id_of(trial)
 
     def _insert_trial(self, study_id: int) -> FrozenTrial:
         """A new running trial in two statements where Optuna takes four.
@@ -466,13 +470,12 @@ class FlushAtStart:
     """An objective's observer: the trial's parameters and seed reach the storage as its
     training starts, so that a retry after a crash has both."""
 
-    def __init__(self, storage: BaseStorage) -> None:
-        self.storage = storage
+    def __init__(self, storage: Any) -> None:
+        self.storage = storage  # a BatchedTrialStorage, or a wrapper of one
 
     def trial_started(self, trial: optuna.trial.BaseTrial, seed: int) -> None:
-        trial_id = getattr(trial, "_trial_id", None)
-        if trial_id is not None and hasattr(self.storage, "flush_trial"):
-            self.storage.flush_trial(trial_id)
+        if isinstance(trial, optuna.Trial):
+            self.storage.flush_trial(trial_id_of(trial))
 
     def epoch_ended(
         self, trial: optuna.trial.BaseTrial, epoch: int, metrics: EpochMetrics

@@ -3,7 +3,7 @@
 SQLAlchemy's execution machinery costs more per statement than the round trip to the server:
 a transaction of three statements took 2.4 ms through SQLAlchemy Core and 1.5 ms through the
 driver here, both through the pool and its health check (`pool_pre_ping`). A worker writes
-three such transactions per trial (see `hpo.storage.batched`), so they go through the driver. The
+three such transactions per trial (see `batched`), so they go through the driver. The
 statements are SQL that PostgreSQL and SQLite share; values are bound in the forms SQLAlchemy
 stores them in (enum names, SQLite's datetime strings), by the columns' own processors, and
 driver errors are raised as SQLAlchemy's, so that `hpo.storage.retry` tells transient ones apart
@@ -18,7 +18,8 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import sqlalchemy
-from optuna.storages._rdb import models
+
+from hpo.storage.optuna_adapter.internals import table_columns
 
 _NAMED = re.compile(r"(?<!:):(\w+)")
 
@@ -90,7 +91,7 @@ class RowWriter:
     def _table_processors(self, table: str) -> dict[str, Callable[[Any], Any]]:
         processors = self._processors.get(table)
         if processors is None:
-            columns = models.BaseModel.metadata.tables[table].columns
+            columns = table_columns(table)
             processors = {
                 column.name: processor
                 for column in columns
