@@ -334,7 +334,13 @@ class _ProgressTracker:
             return
         self._next_refresh = time.monotonic() + 1.0
         try:
-            self.finished = _finished(count_trials(self.joined.storage, self.joined.study_id))
+            self.finished = _finished(
+                count_trials(
+                    self.joined.storage,
+                    self.joined.study_id,
+                    adapter=self.joined.batched is not None,
+                )
+            )
             self.best = _best(self.joined.study)
         except Exception as error:  # counted again at the next refresh
             if not is_transient(error):

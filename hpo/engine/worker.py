@@ -200,6 +200,12 @@ class Worker:
             for lock in self._sweep_locks.values():
                 lock.close()
 
+    @property
+    def _adapter(self) -> bool:
+        """Whether this worker's study writes through hpo's Optuna adapter (see
+        `hpo.storage.optuna_adapter`), or through Optuna's public storage only."""
+        return self.joined.batched is not None
+
     def _fail_own_running_trials(self) -> None:
         """On a stop: fail the trial this worker had started and not yet told, wherever the
         stop came (while it was asked for, sampled, or told), so none is left RUNNING."""
@@ -237,7 +243,12 @@ class Worker:
 
     def counts(self) -> dict[str, int]:
         """Trials by state; under the claim lock, on the lock's connection if it has one."""
-        return count_trials(self.joined.storage, self.joined.study_id, self._claims.connection)
+        return count_trials(
+            self.joined.storage,
+            self.joined.study_id,
+            self._claims.connection,
+            adapter=self._adapter,
+        )
 
     def _claim(self, deadline: float | None) -> optuna.Trial | None:
         """The next trial to run, or None once the budget is spent or the deadline passed.
@@ -305,13 +316,13 @@ class Worker:
         retry, which Optuna's `fail_stale_trials` can leave (fail first, retry after).
         """
         if OUTAGES.down:  # back now? (this raises if not)
-            count_trials(self.joined.storage, self.joined.study_id)
+            count_trials(self.joined.storage, self.joined.study_id, adapter=self._adapter)
             OUTAGES.reachable()
         if not OUTAGES.settled(self.settings.grace_period):
             logger.debug("the storage is back from an outage: waiting for heartbeats")
             return
         storage = self.joined.retrying
-        if self.joined.batched is None:  # the adapter is off: Optuna's public sweep
+        if not self._adapter:  # Optuna's public sweep
             with self._sweep_lock(), warnings.catch_warnings():
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
                 optuna.storages.fail_stale_trials(self.study)
@@ -319,7 +330,7 @@ class Worker:
         stale = set(stale_trial_ids(storage, self.joined.study_id))
         orphaned = set(
             orphaned_trial_ids(
-                self.joined.storage, self.joined.study_id, self.settings.grace_period
+                self.joined.storage, self.joined.study_id, self.settings.grace_period, adapter=True
             )
         )
         if not stale and not orphaned:

@@ -223,13 +223,19 @@ def sampler_seed(spec: StudySpec, worker_index: int) -> int:
 
 
 def join_study(
-    settings: StorageSettings, spec: StudySpec, *, worker_index: int | None = None
+    settings: StorageSettings,
+    spec: StudySpec,
+    *,
+    worker_index: int | None = None,
+    adapter: bool | None = None,
 ) -> JoinedStudy:
     """Open a prepared study as one worker, with that worker's own sampler seed.
 
     Workers that `hpo run --workers N` starts get indices 0..N-1; a worker that joins on its
     own (another terminal, another machine) takes the next free index from a counter kept in
-    the study, so no two workers draw the same startup trials.
+    the study, so no two workers draw the same startup trials. `adapter` says whether this
+    worker writes through hpo's Optuna adapter (default: the process's setting, see
+    `hpo.storage.optuna_adapter`).
     """
     storage = open_storage(settings)
     name = spec.study.name
@@ -246,7 +252,9 @@ def join_study(
     # RDBStorage, which keeps finished trials in memory so that the sampler does not read them
     # again at every ask; around it, this worker's running trials written in two transactions
     # each. Without: Optuna's storage as its public API gives it. Around either, the retries.
-    batched = BatchedTrialStorage(CachedStorage(storage)) if adapter_active() else None
+    if adapter is None:
+        adapter = adapter_active()
+    batched = BatchedTrialStorage(CachedStorage(storage)) if adapter else None
     retrying = RetryingStorage(
         batched or storage, what=f"the storage {settings.redacted()}", patience=settings.patience
     )

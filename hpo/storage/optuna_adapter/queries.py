@@ -21,14 +21,16 @@ def count_trials(
     storage: optuna.storages.RDBStorage,
     study_id: int,
     connection: sqlalchemy.Connection | None = None,
+    *,
+    adapter: bool | None = None,
 ) -> dict[str, int]:
     """Trials per state name ("COMPLETE", "RUNNING", ...).
 
     One query, on `connection` if given (a claim counts on the connection that holds its
-    lock, saving a checkout and its health check); with the adapter off, Optuna's own
-    `get_all_trials`.
+    lock, saving a checkout and its health check); with the adapter off (`adapter`, else the
+    process's setting), Optuna's own `get_all_trials`.
     """
-    if not adapter_active():
+    if not (adapter_active() if adapter is None else adapter):
         trials = storage.get_all_trials(study_id, deepcopy=False)
         return dict(Counter(trial.state.name for trial in trials))
     statement = sqlalchemy.text(
@@ -43,7 +45,11 @@ def count_trials(
 
 
 def orphaned_trial_ids(
-    storage: optuna.storages.RDBStorage, study_id: int, grace_period: int
+    storage: optuna.storages.RDBStorage,
+    study_id: int,
+    grace_period: int,
+    *,
+    adapter: bool | None = None,
 ) -> list[int]:
     """RUNNING trials that never sent a heartbeat and started over `grace_period` s ago.
 
@@ -52,7 +58,7 @@ def orphaned_trial_ids(
     the creating worker's local `datetime.now()`, as Optuna writes them. Optuna's public API
     does not show heartbeats: with the adapter off, no trial is found (Optuna's behaviour).
     """
-    if not adapter_active():
+    if not (adapter_active() if adapter is None else adapter):
         return []
     statement = sqlalchemy.text(
         "SELECT t.trial_id, t.datetime_start FROM trials t "
