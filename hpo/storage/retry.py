@@ -257,6 +257,30 @@ class RetryingStorage(BaseStorage, BaseHeartbeat):
     its whole claim, lock included, because a lock held on a lost connection is lost too.
     """
 
+    # BaseStorage's abstract methods, delegated to `inner` by @_delegating (where mypy cannot
+    # see them): declared, so that the class is concrete to it too.
+    _get_stale_trial_ids: Callable[..., Any]
+    create_new_study: Callable[..., Any]
+    create_new_trial: Callable[..., Any]
+    delete_study: Callable[..., Any]
+    get_all_studies: Callable[..., Any]
+    get_all_trials: Callable[..., Any]
+    get_heartbeat_interval: Callable[..., Any]
+    get_heartbeat_stale_trial_callback: Callable[..., Any]
+    get_study_directions: Callable[..., Any]
+    get_study_id_from_name: Callable[..., Any]
+    get_study_name_from_id: Callable[..., Any]
+    get_study_system_attrs: Callable[..., Any]
+    get_study_user_attrs: Callable[..., Any]
+    get_trial: Callable[..., Any]
+    record_heartbeat: Callable[..., Any]
+    set_study_system_attr: Callable[..., Any]
+    set_study_user_attr: Callable[..., Any]
+    set_trial_intermediate_value: Callable[..., Any]
+    set_trial_param: Callable[..., Any]
+    set_trial_system_attr: Callable[..., Any]
+    set_trial_user_attr: Callable[..., Any]
+
     def __init__(
         self, inner: BaseStorage, *, what: str = "the database", patience: float = PATIENCE_S
     ) -> None:
