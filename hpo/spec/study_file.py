@@ -42,6 +42,7 @@ from hpo.spec.kinds import (
     METRICS,
     TRAINING,
     Direction,
+    PathsSettings,
     ProbeSettings,
     check_kind_sections,
     default_metric,
@@ -193,7 +194,8 @@ class StudySpec:
         _check_pruner(self.study.kind, self.pruner)
         if self.study.kind == "optimizer_paths":
             (optimizer,) = (p for p in self.space.params if p.name == "optimizer")
-            self.probe.check_optimizers(tuple(optimizer.choices or ()))  # type: ignore[union-attr]
+            assert isinstance(self.probe, PathsSettings)  # what probe_settings gives this kind
+            self.probe.check_optimizers(tuple(optimizer.choices or ()))
 
     @functools.cached_property
     def decision_epochs(self) -> frozenset[int]:
