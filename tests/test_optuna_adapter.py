@@ -303,6 +303,8 @@ def _seam_breaches(path: Path) -> list[str]:
                 found.append(f"line {node.lineno}: imports {names}")
         elif isinstance(node, ast.Attribute) and node.attr in OPTUNA_PRIVATE_NAMES:
             found.append(f"line {node.lineno}: .{node.attr}")
+        elif isinstance(node, ast.Name) and node.id in OPTUNA_PRIVATE_NAMES:
+            found.append(f"line {node.lineno}: {node.id}")
         elif isinstance(node, ast.Constant) and _private_or_sql(node.value):
             found.append(f"line {node.lineno}: {node.value[:60]!r}")
     return found

@@ -14,7 +14,7 @@ from __future__ import annotations
 from typing import ClassVar
 
 import numpy as np
-from numpy.typing import NDArray
+from numpy.typing import DTypeLike, NDArray
 
 Array = NDArray[np.floating]
 
@@ -24,7 +24,7 @@ class _Scratch:
 
     _MAX_SHAPES = 16  # bounded: arbitrary predict() sizes must not grow memory forever
 
-    def __init__(self, dtype: np.dtype) -> None:
+    def __init__(self, dtype: DTypeLike) -> None:
         self.dtype = np.dtype(dtype)
         self._arrays: dict[tuple[str, tuple[int, ...]], np.ndarray] = {}
 
@@ -105,7 +105,7 @@ class Relu:
 
     name: ClassVar[str] = "relu"
 
-    def __init__(self, dtype: np.dtype = np.float32) -> None:
+    def __init__(self, dtype: DTypeLike = np.float32) -> None:
         self._scratch = _Scratch(dtype)
         self._mask: Array | None = None
 
@@ -133,7 +133,7 @@ class Sigmoid:
 
     name: ClassVar[str] = "sigmoid"
 
-    def __init__(self, dtype: np.dtype = np.float32) -> None:
+    def __init__(self, dtype: DTypeLike = np.float32) -> None:
         self._scratch = _Scratch(dtype)
         self._out: Array | None = None
 
@@ -165,7 +165,7 @@ class Tanh:
 
     name: ClassVar[str] = "tanh"
 
-    def __init__(self, dtype: np.dtype = np.float32) -> None:
+    def __init__(self, dtype: DTypeLike = np.float32) -> None:
         self._scratch = _Scratch(dtype)
         self._out: Array | None = None
 
@@ -306,7 +306,7 @@ class Dropout:
     _LEVELS = 1 << 16
 
     def __init__(
-        self, dropout_ratio: float, rng: np.random.Generator, dtype: np.dtype = np.float32
+        self, dropout_ratio: float, rng: np.random.Generator, dtype: DTypeLike = np.float32
     ) -> None:
         if not 0.0 <= dropout_ratio < 1.0:
             raise ValueError(f"dropout_ratio must be in [0, 1), but got {dropout_ratio=}")
@@ -348,7 +348,7 @@ class SoftmaxWithLoss:
     `log(softmax(z))` would underflow to log(0). Labels are integer class indices.
     """
 
-    def __init__(self, dtype: np.dtype = np.float32) -> None:
+    def __init__(self, dtype: DTypeLike = np.float32) -> None:
         self._scratch = _Scratch(dtype)
         self._probs: Array | None = None
         self._t: NDArray[np.integer] | None = None

@@ -362,9 +362,9 @@ class MultiLayerNet:
             )
         return x, t
 
-    def _as_labels(self, t: ArrayLike) -> NDArray[np.intp]:
+    def _as_labels(self, labels: ArrayLike) -> NDArray[np.intp]:
         """Integer labels; one-hot rows (the book's `one_hot_label=True`) become indices."""
-        t = np.asarray(t)
+        t = np.asarray(labels)
         if t.ndim == 2:
             if t.shape[1] != self.output_size:
                 raise ValueError(

@@ -54,6 +54,7 @@ class Optimizer:
     name: ClassVar[str]
     _constraints: ClassVar[dict[str, Bounds]] = {"lr": _POSITIVE}
     _n_state: ClassVar[int] = 0  # state arrays per parameter (velocity, second moment, ...)
+    lr: float  # set by __init__, like each subclass's other keys in _constraints
 
     def __init__(self, **hyperparameters: float) -> None:
         for key, value in hyperparameters.items():
@@ -77,7 +78,12 @@ class Optimizer:
                 self._state[key] = state
             self._update_one(param, grads[key], *state)
 
-    def _update_one(self, param: Array, grad: Array, *state: Array) -> None:
+    def _update_one(self, *arrays: Any, **_: Any) -> None:
+        """Step one array in place, called as `(param, grad, *state, tmp)`.
+
+        Each subclass names its `_n_state` state arrays; `*Any, **Any` is how the base says
+        "any arrays" to mypy, which reads it as `...`, so that every override matches.
+        """
         raise NotImplementedError
 
     @classmethod
@@ -113,6 +119,7 @@ class Momentum(Optimizer):
     name = "momentum"
     _constraints: ClassVar[dict[str, Bounds]] = {"lr": _POSITIVE, "momentum": _UNIT_OPEN_RIGHT}
     _n_state = 1
+    momentum: float
 
     def __init__(self, lr: float = 0.01, momentum: float = 0.9) -> None:
         super().__init__(lr=lr, momentum=momentum)
@@ -137,6 +144,7 @@ class Nesterov(Optimizer):
     name = "nesterov"
     _constraints: ClassVar[dict[str, Bounds]] = {"lr": _POSITIVE, "momentum": _UNIT_OPEN_RIGHT}
     _n_state = 1
+    momentum: float
 
     def __init__(self, lr: float = 0.01, momentum: float = 0.9) -> None:
         super().__init__(lr=lr, momentum=momentum)
@@ -175,6 +183,7 @@ class RMSprop(Optimizer):
     name = "rmsprop"
     _constraints: ClassVar[dict[str, Bounds]] = {"lr": _POSITIVE, "decay_rate": _UNIT_OPEN}
     _n_state = 1
+    decay_rate: float
     eps: ClassVar[float] = 1e-7
 
     def __init__(self, lr: float = 0.01, decay_rate: float = 0.99) -> None:
@@ -206,6 +215,8 @@ class Adam(Optimizer):
     }
     _n_state = 2
     eps: ClassVar[float] = 1e-7
+    beta1: float
+    beta2: float
 
     def __init__(self, lr: float = 0.001, beta1: float = 0.9, beta2: float = 0.999) -> None:
         super().__init__(lr=lr, beta1=beta1, beta2=beta2)

@@ -6,6 +6,7 @@ import json
 import os
 import zipfile
 from pathlib import Path
+from typing import Any, cast
 
 import numpy as np
 
@@ -27,7 +28,8 @@ def save_network(network: MultiLayerNet, path: str | os.PathLike[str]) -> Path:
         arrays[f"running_var/{i}"] = layer.running_var
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "wb") as f:
-        np.savez(f, **arrays)
+        # Any: mypy cannot tell that no key is savez's own keyword `allow_pickle` (a bool)
+        np.savez(f, **cast(dict[str, Any], arrays))
     os.replace(tmp, path)  # never leave a half-written network under the real name
     return path
 

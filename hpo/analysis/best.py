@@ -29,6 +29,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from hpo.analysis.listing import ranked_trials
 from hpo.errors import ConfigError
+from hpo.spec.outcomes import completed_value
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -155,7 +156,7 @@ class Retrained:
 
     @property
     def recorded(self) -> float:
-        return float(self.trial.value)
+        return float(completed_value(self.trial))
 
     @property
     def identical(self) -> bool:

@@ -268,6 +268,12 @@ class Row:
     def header(cls) -> list[str]:
         return [f.name for f in fields(cls)]
 
+    @property
+    def finished_index(self) -> int:
+        """`index` of a row known to have one (a finished trial), e.g. to sort by."""
+        assert self.index is not None, f"{self.study}: trial {self.number} has no index"
+        return self.index
+
 
 def _epochs(trial: FrozenTrial) -> int:
     return len((trial.user_attrs.get("history") or {}).get("val_acc", []))
@@ -318,12 +324,12 @@ def study_rows(job: Job, studies: Sequence[optuna.Study]) -> list[Row]:
 
 
 def _best_row(rows: list[Row], maximize: bool) -> Row | None:
-    complete = [r for r in rows if r.state == "COMPLETE" and r.value is not None]
+    complete = [(r.value, r) for r in rows if r.state == "COMPLETE" and r.value is not None]
     if not complete:
         return None
     sign = 1.0 if maximize else -1.0
     # Ties go to the earliest trial in the arm's order (stages one after the other).
-    _, best = max(enumerate(complete), key=lambda item: (sign * item[1].value, -item[0]))
+    _, (_, best) = max(enumerate(complete), key=lambda item: (sign * item[1][0], -item[0]))
     return best
 
 

@@ -22,7 +22,7 @@ def _curves(rows: list[Row]) -> dict[str, dict[int, list[Row]]]:
             by_arm.setdefault(r.arm, {}).setdefault(r.seed, []).append(r)
     for seeds in by_arm.values():
         for seed_rows in seeds.values():
-            seed_rows.sort(key=lambda r: r.index)
+            seed_rows.sort(key=lambda r: r.finished_index)
     return by_arm
 
 
@@ -44,8 +44,8 @@ def best_so_far_vs_trials(rows: list[Row], n_trials: int, metric: str) -> Figure
         for seed_rows in seeds.values():
             curve = np.full(n_trials, np.nan)
             for r in seed_rows:
-                if r.index <= n_trials and r.best_so_far is not None:
-                    curve[r.index - 1] = r.best_so_far
+                if r.finished_index <= n_trials and r.best_so_far is not None:
+                    curve[r.finished_index - 1] = r.best_so_far
             runs.append(curve)
         _band(ax, x, runs, arm)
     ax.set_xlabel("trials")

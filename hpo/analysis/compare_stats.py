@@ -83,7 +83,9 @@ def summarize(
     for arm, seeds in by_arm.items():
         summary = ArmSummary(arm, sorted(seeds))
         for seed, seed_rows in seeds.items():
-            finished = sorted((r for r in seed_rows if r.index is not None), key=lambda r: r.index)
+            finished = sorted(
+                (r for r in seed_rows if r.index is not None), key=lambda r: r.finished_index
+            )
             by_index = {r.index: r for r in finished}
             final = by_index.get(n_trials)
             if final is not None and final.best_so_far is not None:
@@ -123,7 +125,10 @@ def summarize(
             summary.trials_to_target[seed] = summary.epochs_to_target[seed] = None
             if target is None:
                 continue
-            for r in sorted((r for r in seed_rows if r.index is not None), key=lambda r: r.index):
+            finished = sorted(
+                (r for r in seed_rows if r.index is not None), key=lambda r: r.finished_index
+            )
+            for r in finished:
                 if r.best_so_far is not None and _better(r.best_so_far, target, maximize):
                     summary.trials_to_target[seed] = r.index
                     summary.epochs_to_target[seed] = r.cumulative_epochs
@@ -192,7 +197,8 @@ def render(
         "| --- | ---: | ---: | ---: | ---: |",
     ]
     for arm, a in s.arms.items():
-        cells = [a.at_checkpoint[f].text() if a.at_checkpoint.get(f) else "—" for f in CHECKPOINTS]
+        spreads = [a.at_checkpoint.get(f) for f in CHECKPOINTS]
+        cells = [spread.text() if spread else "—" for spread in spreads]
         lines.append(f"| {arm} | " + " | ".join(cells) + " |")
     target_text = f"{s.target:.3f}" if s.target is not None else "—"
     lines += [
@@ -273,6 +279,7 @@ def render(
             if trials is None:
                 parts.append(f"never reached {s.reference}'s median best")
             else:
+                assert epochs_needed is not None  # set with trials_to_target, from one row
                 share = 100 * trials / s.n_trials
                 epochs_share = 100 * epochs_needed / ref_epochs if ref_epochs else float("nan")
                 parts.append(

@@ -17,7 +17,7 @@ import math
 import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal, TypedDict, cast
 
 import matplotlib
 import numpy as np
@@ -34,10 +34,18 @@ if TYPE_CHECKING:
     from matplotlib.axes import Axes
     from matplotlib.collections import PathCollection
     from matplotlib.colors import Colormap
+    from matplotlib.typing import ColorType, LineStyleType
+
+
+class _LineStyle(TypedDict):
+    color: ColorType
+    linestyle: LineStyleType
+    linewidth: float
+
 
 BOOK_COLUMNS = 5  # Figure 6-24 of the book: 20 trials in 4 rows of 5
-VAL_STYLE = {"color": "tab:blue", "linestyle": "-", "linewidth": 1.4}
-TRAIN_STYLE = {"color": "tab:orange", "linestyle": "--", "linewidth": 1.2}
+VAL_STYLE: _LineStyle = {"color": "tab:blue", "linestyle": "-", "linewidth": 1.4}
+TRAIN_STYLE: _LineStyle = {"color": "tab:orange", "linestyle": "--", "linewidth": 1.2}
 
 
 def _agg(figure: Figure) -> Figure:
@@ -239,7 +247,7 @@ def _epochs(values: Sequence[float]) -> np.ndarray:
     return np.arange(1, len(values) + 1)
 
 
-def _epoch_locator(nbins: int | str = "auto") -> MaxNLocator:
+def _epoch_locator(nbins: int | Literal["auto"] = "auto") -> MaxNLocator:
     """Ticks on whole epochs at round steps (5, 10, 15), never at epoch 2.5 or 8, 16, 24."""
     return MaxNLocator(nbins=nbins, integer=True, steps=[1, 2, 5, 10])
 
@@ -369,8 +377,8 @@ def lr_weight_decay_figure(
         axes.set_xlim(*_padded(x_range, log_x))
     if y_range is not None:
         axes.set_ylim(*_padded(y_range, log_y))
-    below = any(norm(p.value) < 0 for p in pruned)
-    above = any(norm(p.value) > 1 for p in pruned)
+    below = any(norm(_value(p)) < 0 for p in pruned)
+    above = any(norm(_value(p)) > 1 for p in pruned)
     extend = {(True, True): "both", (True, False): "min", (False, True): "max"}
     bar = figure.colorbar(
         mappable, ax=axes, extend=extend.get((below, above), "neither"), shrink=0.9
@@ -426,7 +434,8 @@ def _scatter_search(
             [p.lr for p in pruned],
             [p.weight_decay for p in pruned],
             facecolors="none",
-            edgecolors=cmap(norm([p.value for p in pruned])),
+            # matplotlib's stubs leave out the (n, 4) array of RGBA rows that cmap returns here
+            edgecolors=cmap(norm([_value(p) for p in pruned])),  # type: ignore[arg-type]
             s=40,
             linewidths=1.3,
             zorder=2,
@@ -448,7 +457,7 @@ def _scatter_search(
     if not complete:
         return mappable, None
     sign = -1.0 if maximize else 1.0  # ties go to the lower number, as in `ranked_trials`
-    best = min(complete, key=lambda p: (sign * p.value, p.number))
+    best = min(complete, key=lambda p: (sign * _value(p), p.number))
     axes.scatter(
         [best.lr],
         [best.weight_decay],
@@ -464,7 +473,15 @@ def _scatter_search(
     return mappable, best
 
 
-def _marker(marker: str, label: str, *, edge: object, face: object = "none", size: float = 7):
+def _value(point: SearchPoint) -> float:
+    """A point's value where it has one: a completed trial, or a pruned one kept in `pruned`."""
+    assert point.value is not None, f"trial {point.number} has no value"
+    return point.value
+
+
+def _marker(
+    marker: str, label: str, *, edge: ColorType, face: ColorType = "none", size: float = 7
+) -> Line2D:
     return Line2D(
         [],
         [],
@@ -506,6 +523,7 @@ def _detach(axes: matplotlib.axes.Axes, size: tuple[float, float] | None = None)
     import matplotlib.pyplot as plt
 
     figure = axes.figure
+    assert isinstance(figure, Figure)  # Optuna draws on a figure of its own, not a subfigure
     plt.close(figure)
     if size is not None:
         figure.set_size_inches(*size)
@@ -544,8 +562,9 @@ def intermediate_values_figure(
         axes.xaxis.set_major_locator(_epoch_locator())
         if log_y:
             axes.set_yscale("log")
-        if axes.get_legend() is not None:
-            axes.get_legend().remove()
+        legend = axes.get_legend()
+        if legend is not None:
+            legend.remove()
         _colour_by_last_value(study, axes, metric_label=metric_label)
     return _detach(axes, (8.0, 4.8))
 
@@ -559,8 +578,9 @@ def _colour_by_last_value(
     last = {}  # line: (its trial's last value, whether the trial was pruned)
     for line in axes.get_lines():
         trial = trials.get(str(line.get_label()))
-        if trial is not None and len(line.get_ydata()):
-            value = trial.value if trial.value is not None else line.get_ydata()[-1]
+        ydata = np.asarray(line.get_ydata())
+        if trial is not None and len(ydata):
+            value = trial.value if trial.value is not None else ydata[-1]
             last[line] = (float(value), trial.state == optuna.trial.TrialState.PRUNED)
     if not last:
         return
@@ -572,7 +592,7 @@ def _colour_by_last_value(
     ranks = np.argsort(np.argsort(values if maximize else -values))  # 0 for the worst
     for rank, (line, (value, pruned)) in zip(ranks, last.items(), strict=True):
         line.set(color=colours(norm(value)), alpha=0.9, zorder=2 + rank / len(ranks))
-        line.set(marker="x" if pruned else "", markevery=[len(line.get_xdata()) - 1])
+        line.set(marker="x" if pruned else "", markevery=[len(np.asarray(line.get_xdata())) - 1])
     bar = axes.figure.colorbar(ScalarMappable(norm, colours), ax=axes, pad=0.02)
     bar.set_label(f"{metric_label} at the last epoch", fontsize="medium")
     n_pruned = sum(pruned for _, pruned in last.values())
@@ -603,8 +623,9 @@ def param_importances_figure(study: optuna.Study, *, metric_label: str, seed: in
             study, evaluator=FanovaImportanceEvaluator(seed=seed), target_name=metric_label
         )
         axes.set_title(f"Hyperparameter importances for {metric_label} (fANOVA)", loc="left")
-        if axes.get_legend() is not None:  # one objective: the title says what it is
-            axes.get_legend().remove()
+        legend = axes.get_legend()
+        if legend is not None:  # one objective: the title says what it is
+            legend.remove()
     n_params = len(axes.get_yticks())
     return _detach(axes, (7.0, max(2.6, 1.2 + 0.5 * n_params)))
 
@@ -631,9 +652,10 @@ def parallel_coordinate_figure(study: optuna.Study, *, metric_label: str) -> Fig
     order = np.argsort(values if maximize else -values, kind="stable")  # the best last
     segments = lines.get_segments()
     lines.set_segments([segments[i] for i in order])
-    styles = lines.get_linestyles()
+    # A collection's styles are a list, one per line or one for all (the stub adds a lone style)
+    styles = cast("list[LineStyleType]", lines.get_linestyle())
     if len(styles) == len(order):  # dotted infeasible trials, for a constrained study
-        lines.set_linestyles([styles[i] for i in order])
+        lines.set_linestyle([styles[i] for i in order])
     lines.set_array(values[order])
     lines.set_cmap(value_colours(maximize=maximize))  # the colour bar follows
     lines.set_linewidth(1.3)
@@ -670,13 +692,16 @@ def _clear_of_ticks(axes: matplotlib.axes.Axes, bar: matplotlib.axes.Axes) -> No
     """Narrow `axes` (its twins, one per parameter, follow) until the tick labels of the
     last parameter axis end a little before the colour bar `bar` begins."""
     figure = axes.figure
-    renderer = figure.canvas.get_renderer()
+    canvas = figure.canvas
+    assert isinstance(canvas, FigureCanvasAgg)  # as _detach left it
+    renderer = canvas.get_renderer()
     twins = [a for a in figure.axes if a is not axes and a is not bar]
     if not twins:
         return
-    right = max(twin.get_tightbbox(renderer).x1 for twin in twins)
+    boxes = [twin.get_tightbbox(renderer) for twin in twins]
+    right = max(bbox.x1 for bbox in boxes if bbox is not None)  # None: an invisible axes
     overlap = right + 0.15 * figure.dpi - bar.get_window_extent(renderer).x0
     if overlap > 0:
         box = axes.get_position()
         width = box.width - overlap / figure.bbox.width
-        axes.set_position([box.x0, box.y0, width, box.height])
+        axes.set_position((box.x0, box.y0, width, box.height))

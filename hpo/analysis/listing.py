@@ -11,6 +11,8 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from hpo.spec.outcomes import completed_value
+
 # How the book prints a setting: "lr:0.0092, weight decay:3.86e-07".
 DISPLAY_NAMES = {"weight_decay_lambda": "weight decay", "dropout_ratio": "dropout"}
 METRIC_LABELS = {"val_acc": "val acc", "val_loss": "val loss"}
@@ -27,7 +29,7 @@ def ranked_trials(study: optuna.Study) -> list[FrozenTrial]:
     """Completed trials, best first (ties by trial number, so the order is stable)."""
     trials = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     sign = -1.0 if study.direction == optuna.study.StudyDirection.MAXIMIZE else 1.0
-    return sorted(trials, key=lambda t: (sign * t.value, t.number))
+    return sorted(trials, key=lambda t: (sign * completed_value(t), t.number))
 
 
 def best_lines(study: optuna.Study, metric: str, n: int = 5) -> list[str]:

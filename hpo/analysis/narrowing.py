@@ -55,6 +55,7 @@ from optuna.trial import FrozenTrial
 from hpo.analysis.listing import fmt, ranked_trials
 from hpo.errors import ConfigError
 from hpo.spec.keys import is_int, is_number, setting_error
+from hpo.spec.outcomes import completed_value
 from hpo.spec.space import ParamSpec, SearchSpace, same_value
 from hpo.spec.study_file import EnqueuedTrial, StudySpec, parse_study
 from hpo.storage.studies import SPEC_ATTR, records, stored_spec
@@ -184,7 +185,7 @@ def narrow_study(
         spec=spec,
         n_complete=len(ranked),
         top=tuple(
-            TopTrial(t.number, float(t.value), dict(t.params), t.user_attrs.get("seed"))
+            TopTrial(t.number, float(completed_value(t)), dict(t.params), t.user_attrs.get("seed"))
             for t in chosen
         ),
         changes=changes,
@@ -358,7 +359,8 @@ class _Scale:
 
     def __init__(self, param: ParamSpec) -> None:
         self.param = param
-        self.low, self.high = self.to(param.low), self.to(param.high)
+        low, high = param.bounds
+        self.low, self.high = self.to(low), self.to(high)
         self.width = self.high - self.low
 
     def to(self, value: float) -> float:
@@ -370,16 +372,17 @@ class _Scale:
     def rounded(self, u: float, end: str) -> float | int:
         """The end at `u`, rounded outward (floor for low, ceil for high), inside the range."""
         p, value = self.param, self.value(u)
+        low, high = p.bounds
         down = end == "low"
         if p.step is not None:  # outward to the grid of the old low
-            steps = (value - p.low) / p.step
+            steps = (value - low) / p.step
             k = math.floor(steps + 1e-9) if down else math.ceil(steps - 1e-9)
-            rounded: float | int = _on_grid(p.low, p.step, k, int_=p.type == "int")
+            rounded: float | int = _on_grid(low, p.step, k, int_=p.type == "int")
         elif p.type == "int":
             rounded = math.floor(value + 1e-9) if down else math.ceil(value - 1e-9)
         else:
             rounded = round_significant(value, "down" if down else "up")
-        return max(rounded, p.low) if down else min(rounded, p.high)
+        return max(rounded, low) if down else min(rounded, high)
 
 
 def _on_grid(start: float | int, step: float | int, k: int, *, int_: bool) -> float | int:
@@ -456,14 +459,16 @@ def contains(param: ParamSpec, value: Any) -> bool:
     """Whether `value` lies in `param`'s range (or is one of its choices)."""
     if param.type == "categorical":
         return any(same_value(value, choice) for choice in param.choices or ())
-    return is_number(value) and param.low <= value <= param.high  # type: ignore[operator]
+    low, high = param.bounds
+    return is_number(value) and low <= value <= high
 
 
 def range_text(param: ParamSpec) -> str:
     """`[1e-06, 0.01] log`, or `one of sgd, adam`: a range as the narrow command shows it."""
     if param.type == "categorical":
         return f"one of {', '.join(map(_choice, param.choices or ()))}"
-    text = f"[{_end(param.low)}, {_end(param.high)}]"  # type: ignore[arg-type]
+    low, high = param.bounds
+    text = f"[{_end(low)}, {_end(high)}]"
     if param.log:
         text += " log"
     if param.step is not None:

@@ -23,6 +23,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from hpo.analysis.listing import fmt
 from hpo.engine.probes import f
+from hpo.spec.kinds import ActivationSettings, PathsSettings
 from hpo.spec.space import same_value
 
 if TYPE_CHECKING:
@@ -209,7 +210,7 @@ def probe_figures(study: optuna.Study, spec: StudySpec) -> dict[str, Figure]:
     name = study.study_name
     if spec.study.kind == "optimizer_paths":
         panels = path_panels(study, spec)
-        steps = spec.probe.steps if spec.probe is not None else "?"  # type: ignore[union-attr]
+        steps = spec.probe.steps if isinstance(spec.probe, PathsSettings) else "?"
         return {
             PATHS_FIGURE: paths_figure(
                 panels,
@@ -219,7 +220,7 @@ def probe_figures(study: optuna.Study, spec: StudySpec) -> dict[str, Figure]:
         }
     rows = histogram_rows(study, spec)
     sizes = spec.base.hidden_size_list
-    n_inputs = spec.probe.n_inputs if spec.probe is not None else "?"  # type: ignore[union-attr]
+    n_inputs = spec.probe.n_inputs if isinstance(spec.probe, ActivationSettings) else "?"
     return {
         ACTIVATIONS_FIGURE: activations_figure(
             rows,

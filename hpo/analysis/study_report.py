@@ -315,7 +315,11 @@ def write_report(
         from hpo.analysis.probe_report import probe_figures
 
         for name, figure in probe_figures(study, spec).items():
-            save(name, lambda figure=figure: figure)
+
+            def drawn(figure: Figure = figure) -> Figure:
+                return figure
+
+            save(name, drawn)
         return Report(directory, tuple(written), {}, _remove(directory, TRAINING_FIGURES))
 
     drawings, skipped = _training_drawings(study, spec, top, n_ranked=len(ranked))

@@ -326,7 +326,8 @@ class _ProgressTracker:
 
     def __init__(self, joined: JoinedStudy, progress: ProgressCallback | None) -> None:
         self.joined, self.progress = joined, progress
-        self.finished, self.best = 0, None
+        self.finished = 0
+        self.best: float | None = None
         self._next_refresh = 0.0
 
     def refresh(self) -> None:

@@ -110,7 +110,11 @@ class Objective:
         for observer in self.observers:
             observer.trial_started(trial, seed)
 
-        session = self.mirror.begin(trial) if self.mirror is not None and self.prune else None
+        session = None
+        if self.mirror is not None and self.prune:
+            # A mirror copies a stored study, whose trials are real ones (not FixedTrials).
+            assert isinstance(trial, optuna.Trial)
+            session = self.mirror.begin(trial)
 
         def on_epoch_end(epoch: int, metrics: EpochMetrics) -> None:
             history.append(metrics)

@@ -19,7 +19,7 @@ Like `hpo.engine.objective`, pure apart from the trial it is given.
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import optuna
@@ -43,7 +43,10 @@ HISTOGRAM_RANGES: dict[str, tuple[float, float]] = {
 }
 
 
-def f(x: float, y: float) -> float:
+_XY = TypeVar("_XY", float, NDArray[np.floating])  # a point, or a grid of them for contours
+
+
+def f(x: _XY, y: _XY) -> _XY:
     """The book's f(x, y) = x²/20 + y² (its equation 6.2): 20 times steeper in y than in x."""
     return x * x / 20.0 + y * y
 

@@ -24,7 +24,7 @@ import time
 import optuna
 from optuna.trial import FrozenTrial, TrialState, create_trial
 
-from hpo.spec.outcomes import ENDED
+from hpo.spec.outcomes import ENDED, completed_value
 from hpo.storage.optuna_adapter.internals import trial_id_of
 
 
@@ -104,8 +104,8 @@ class PruningMirror:
             self._storage.set_trial_intermediate_value(trial_id, epoch, value)
         for key, value in trial.system_attrs.items():
             self._storage.set_trial_system_attr(trial_id, key, value)
-        value = [trial.value] if trial.state == TrialState.COMPLETE else None
-        self._storage.set_trial_state_values(trial_id, trial.state, value)
+        values = [completed_value(trial)] if trial.state == TrialState.COMPLETE else None
+        self._storage.set_trial_state_values(trial_id, trial.state, values)
         self._open.discard(number)
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import enum
 import logging
 import threading
 import time
@@ -37,7 +38,15 @@ logger = logging.getLogger(__name__)
 
 Objective = Callable[[optuna.Trial], float]
 TrialListener = Callable[[optuna.trial.FrozenTrial], None]
-_WAIT = object()  # a claim's answer while the rest of the budget is running elsewhere
+
+
+class _Wait(enum.Enum):
+    """A claim's answer while the rest of the budget is running elsewhere (a typed sentinel)."""
+
+    WAIT = enum.auto()
+
+
+_WAIT = _Wait.WAIT
 
 
 @dataclass
@@ -280,7 +289,7 @@ class Worker:
             time.sleep(self.poll_interval)  # the rest of the budget is running elsewhere
         return None
 
-    def _try_claim(self, *, sweep: bool) -> optuna.Trial | object | None:
+    def _try_claim(self, *, sweep: bool) -> optuna.Trial | _Wait | None:
         """Under the claim lock: a new trial, None when the budget is spent, or `_WAIT`."""
         # While trials run, the sweeper thread looks for dead workers' trials; a claim looks
         # only first (a resumed study's) and while the rest of the budget is held by running

@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Any
+from typing import Any, Literal
 
 from hpo.errors import ConfigError
 from hpo.spec.keys import is_int, toml_repr
@@ -29,7 +29,8 @@ KINDS: tuple[str, ...] = (TRAINING, "optimizer_paths", "activations")
 # The metric a trial of each kind returns, and the direction that improves it; the first is
 # the kind's default. f: f(x, y) at the path's last point. entropy: how evenly the last hidden
 # layer's activations spread over their histogram (see hpo.engine.probes.spread_entropy).
-METRICS: dict[str, dict[str, str]] = {
+Direction = Literal["maximize", "minimize"]  # Optuna's names, and a study file's
+METRICS: dict[str, dict[str, Direction]] = {
     TRAINING: {"val_acc": "maximize", "val_loss": "minimize"},
     "optimizer_paths": {"f": "minimize"},
     "activations": {"entropy": "maximize"},

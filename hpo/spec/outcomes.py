@@ -7,11 +7,18 @@ same: it will not run again, so its history is final and it is mirrored to MLflo
 
 from __future__ import annotations
 
-from optuna.trial import TrialState
+from optuna.trial import FrozenTrial, TrialState
 
 COUNTED: tuple[TrialState, ...] = (TrialState.COMPLETE, TrialState.PRUNED)
 ENDED: tuple[TrialState, ...] = (*COUNTED, TrialState.FAIL)
 COUNTED_NAMES: tuple[str, ...] = tuple(state.name for state in COUNTED)
+
+
+def completed_value(trial: FrozenTrial) -> float:
+    """A completed trial's value: Optuna types `value` optional, since other states have none."""
+    assert trial.value is not None, f"trial {trial.number} is {trial.state.name}, not complete"
+    return trial.value
+
 
 # What every epoch of a training trial records, in this order.
 EPOCH_METRICS: tuple[str, ...] = ("train_loss", "train_acc", "val_loss", "val_acc")

@@ -155,7 +155,8 @@ def _possible(param: ParamSpec, value: Any) -> bool:
     if param.type == "categorical":
         return any(same_value(value, c) for c in param.choices or ())
     number = is_int if param.type == "int" else is_number
-    return number(value) and param.low <= value <= param.high  # type: ignore[operator]
+    low, high = param.bounds
+    return number(value) and low <= value <= high
 
 
 def _check_when(

@@ -127,7 +127,8 @@ class ParamSpec:
                     f"must be at most 2**53 in size, but got {toml_repr(value)}",
                     key=f"{key}.{name}",
                 )
-        if self.low >= self.high:
+        low, high = self.bounds
+        if low >= high:
             raise ConfigError(
                 f"low must be below high, but got low = {self.low!r}, high = {self.high!r}",
                 key=f"{key}.low",
@@ -136,26 +137,26 @@ class ParamSpec:
             raise ConfigError(
                 f"must be true or false, but got {toml_repr(self.log)}", key=f"{key}.log"
             )
-        if self.log and self.low <= 0:
+        if self.log and low <= 0:
             raise ConfigError(
                 f"a log scale needs low > 0, but got low = {self.low!r}", key=f"{key}.low"
             )
         if self.step is not None:
-            self._check_step(key, number, kind)
+            self._check_step(key, self.step, number, kind)
         if self.type == "float":
-            object.__setattr__(self, "low", float(self.low))
-            object.__setattr__(self, "high", float(self.high))
+            object.__setattr__(self, "low", float(low))
+            object.__setattr__(self, "high", float(high))
             if self.step is not None:
                 object.__setattr__(self, "step", float(self.step))
 
-    def _check_step(self, key: str, number: Any, kind: str) -> None:
+    def _check_step(self, key: str, step: float, number: Any, kind: str) -> None:
         if self.log:
             raise ConfigError(
                 "step cannot be combined with log = true (Optuna samples a log scale "
                 "continuously)",
                 key=f"{key}.step",
             )
-        if not number(self.step) or self.step <= 0:
+        if not number(step) or step <= 0:
             raise ConfigError(
                 f"must be {kind} > 0, but got {toml_repr(self.step)}", key=f"{key}.step"
             )
@@ -165,10 +166,13 @@ class ParamSpec:
 
         from optuna.distributions import FloatDistribution, IntDistribution
 
+        low, high = self.bounds
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            distribution = (IntDistribution if self.type == "int" else FloatDistribution)(
-                self.low, self.high, step=self.step
+            distribution: IntDistribution | FloatDistribution = (
+                IntDistribution(int(low), int(high), step=int(step))  # ints: _check_range
+                if self.type == "int"
+                else FloatDistribution(low, high, step=step)
             )
         grid_high = distribution.high
         if grid_high != self.high:
@@ -178,6 +182,13 @@ class ParamSpec:
                 f"{grid_high!r}",
                 key=f"{key}.step",
             )
+
+    @property
+    def bounds(self) -> tuple[float, float]:
+        """(low, high) of a float or int range, both set once __post_init__ has checked them."""
+        if self.low is None or self.high is None:
+            raise TypeError(f"{self.name} is a categorical: it has choices, not a range")
+        return self.low, self.high
 
     def distribution(self) -> BaseDistribution:
         from optuna.distributions import (
@@ -189,19 +200,22 @@ class ParamSpec:
         if self.type == "categorical":
             assert self.choices is not None
             return CategoricalDistribution(self.choices)
+        low, high = self.bounds
         if self.type == "int":
-            return IntDistribution(self.low, self.high, log=self.log, step=self.step or 1)
-        return FloatDistribution(self.low, self.high, log=self.log, step=self.step)
+            # An int range holds ints (see _check_range), though `bounds` says float.
+            return IntDistribution(int(low), int(high), log=self.log, step=int(self.step or 1))
+        return FloatDistribution(low, high, log=self.log, step=self.step)
 
     def suggest(self, trial: BaseTrial) -> Any:
         if self.type == "categorical":
             assert self.choices is not None
             return trial.suggest_categorical(self.name, self.choices)
+        low, high = self.bounds
         if self.type == "int":
             return trial.suggest_int(
-                self.name, self.low, self.high, step=self.step or 1, log=self.log
+                self.name, int(low), int(high), step=int(self.step or 1), log=self.log
             )
-        return trial.suggest_float(self.name, self.low, self.high, step=self.step, log=self.log)
+        return trial.suggest_float(self.name, low, high, step=self.step, log=self.log)
 
     def applies(self, resolved: Mapping[str, Any]) -> bool:
         """Whether every `when` condition holds for the settings' `resolved` values."""

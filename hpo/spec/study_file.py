@@ -41,6 +41,8 @@ from hpo.spec.kinds import (
     KINDS,
     METRICS,
     TRAINING,
+    Direction,
+    PathsSettings,
     ProbeSettings,
     check_kind_sections,
     default_metric,
@@ -67,7 +69,7 @@ class StudySettings:
     name: str
     kind: str = TRAINING
     metric: str = "val_acc"
-    direction: str = "maximize"
+    direction: Direction = "maximize"
     n_trials: int = 100
     timeout: float | None = None
     seed: int = 0
@@ -192,7 +194,8 @@ class StudySpec:
         _check_pruner(self.study.kind, self.pruner)
         if self.study.kind == "optimizer_paths":
             (optimizer,) = (p for p in self.space.params if p.name == "optimizer")
-            self.probe.check_optimizers(tuple(optimizer.choices or ()))  # type: ignore[union-attr]
+            assert isinstance(self.probe, PathsSettings)  # what probe_settings gives this kind
+            self.probe.check_optimizers(tuple(optimizer.choices or ()))
 
     @functools.cached_property
     def decision_epochs(self) -> frozenset[int]:
@@ -256,7 +259,7 @@ class StudySpec:
         A sampler or pruner named here gets that name's default options: the file's options
         were written for the file's choice, and apply only if the name is unchanged.
         """
-        changes = {
+        changes: dict[str, Any] = {  # the keyword arguments of dataclasses.replace
             "name": study_name,
             "n_trials": n_trials,
             "seed": seed,
@@ -479,7 +482,7 @@ def _enqueued_value(param: ParamSpec, value: Any, *, key: str) -> Any:
             if same_value(value, choice):
                 return choice
     elif (is_int(value) if param.type == "int" else is_number(value)) and (
-        param.low <= value <= param.high  # type: ignore[operator]
+        param.bounds[0] <= value <= param.bounds[1]
     ):
         if param.step is None:
             return float(value) if param.type == "float" else value

@@ -27,7 +27,7 @@ import optuna
 from optuna.storages import BaseStorage
 from sqlalchemy.exc import DBAPIError, DisconnectionError, InterfaceError, OperationalError
 
-from hpo.storage.optuna_adapter.internals import PRIVATE_STORAGE_METHODS, BaseHeartbeat
+from hpo.storage.optuna_adapter.internals import PRIVATE_STORAGE_METHODS, WrappedHeartbeat
 
 logger = logging.getLogger(__name__)
 
@@ -249,14 +249,37 @@ def _delegating(cls: type[_T]) -> type[_T]:
 
 
 @_delegating
-class RetryingStorage(BaseStorage, BaseHeartbeat):
+class RetryingStorage(BaseStorage, WrappedHeartbeat):
     """An Optuna storage that repeats a call whose connection failed, until it succeeds.
 
-    Wraps the storage Optuna itself would use (`_CachedStorage` around `RDBStorage`), so that
+    Wraps the storage Optuna itself would use (its cache around an `RDBStorage`), so that
     `study.ask`, `trial.suggest_*`, `study.tell` and the heartbeat survive a database restart.
     Inside `suspended()` the current thread's calls are not retried: the runner then retries
     its whole claim, lock included, because a lock held on a lost connection is lost too.
     """
+
+    # BaseStorage's abstract methods, delegated to `inner` by @_delegating (where mypy cannot
+    # see them): declared, so that the class is concrete to it too.
+    create_new_study: Callable[..., Any]
+    create_new_trial: Callable[..., Any]
+    delete_study: Callable[..., Any]
+    get_all_studies: Callable[..., Any]
+    get_all_trials: Callable[..., Any]
+    get_heartbeat_interval: Callable[..., Any]
+    get_heartbeat_stale_trial_callback: Callable[..., Any]
+    get_study_directions: Callable[..., Any]
+    get_study_id_from_name: Callable[..., Any]
+    get_study_name_from_id: Callable[..., Any]
+    get_study_system_attrs: Callable[..., Any]
+    get_study_user_attrs: Callable[..., Any]
+    get_trial: Callable[..., Any]
+    record_heartbeat: Callable[..., Any]
+    set_study_system_attr: Callable[..., Any]
+    set_study_user_attr: Callable[..., Any]
+    set_trial_intermediate_value: Callable[..., Any]
+    set_trial_param: Callable[..., Any]
+    set_trial_system_attr: Callable[..., Any]
+    set_trial_user_attr: Callable[..., Any]
 
     def __init__(
         self, inner: BaseStorage, *, what: str = "the database", patience: float = PATIENCE_S

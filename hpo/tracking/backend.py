@@ -24,11 +24,11 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, wait
-from typing import Any
+from typing import Any, cast
 
 from optuna.trial import FrozenTrial, TrialState
 
-from hpo.spec.outcomes import COUNTED
+from hpo.spec.outcomes import COUNTED, completed_value
 from hpo.tracking.runs import (
     COMPLETE_TAG,
     MAX_BATCH,
@@ -158,7 +158,7 @@ class Backend:
             )
             if trial.state == TrialState.COMPLETE and self._improves(trial.value):
                 self._best = trial.value
-                best = Metric(f"best_{self.metric}", trial.value, _ms(), trial.number)
+                best = Metric(f"best_{self.metric}", completed_value(trial), _ms(), trial.number)
                 assert self.parent is not None
                 self._call(self.client.log_batch, self.parent.run_id, metrics=[best])
         except _Down:
@@ -436,7 +436,8 @@ def _read(control: Connection, channels: list[Connection], inbox: queue.Queue[An
     open_channels = {id(c): i for i, c in enumerate(channels)} | {id(control): -1}
     by_id = {id(c): c for c in [*channels, control]}
     while open_channels:
-        ready = wait([by_id[k] for k in open_channels], timeout=1.0)
+        # `wait` returns some of the objects it is given: connections here (typeshed says any)
+        ready = cast(list[Connection], wait([by_id[k] for k in open_channels], timeout=1.0))
         for connection in ready:
             index = open_channels[id(connection)]
             try:

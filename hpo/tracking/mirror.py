@@ -116,15 +116,19 @@ class Mirror:
         """
         self.release_worker_ends()
         if not self._tell(("close", interrupted, True)):
-            return self._gave_up("its process ended early")
+            self._gave_up("its process ended early")
+            return None
         answer = self._answer(stall_timeout)
         if answer is None:
-            return self._gave_up(f"no answer within {stall_timeout:.0f} s")
+            self._gave_up(f"no answer within {stall_timeout:.0f} s")
+            return None
         if answer[0] == "finished":
             return str(answer[1])
         if answer[0] == "ended":
-            return self._gave_up("its process ended without a word; see above")
-        return self._gave_up(str(answer[1]))
+            self._gave_up("its process ended without a word; see above")
+            return None
+        self._gave_up(str(answer[1]))
+        return None
 
     def abandon(self, stall_timeout: float = 20.0) -> None:
         """Stop the mirror without a closing sync (the run never started). It may be creating

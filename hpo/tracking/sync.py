@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 import optuna
 from optuna.trial import FrozenTrial
 
-from hpo.spec.outcomes import ENDED, EPOCH_METRICS
+from hpo.spec.outcomes import ENDED, EPOCH_METRICS, completed_value
 from hpo.storage.database import StorageSettings
 from hpo.storage.locks import StorageLock
 from hpo.tracking.runs import (
@@ -221,4 +221,6 @@ def _log_best(client: MlflowClient, parent: StudyRun, study: optuna.Study, metri
     key = f"best_{metric}"
     logged = {m.step for m in client.get_metric_history(parent.run_id, key)}
     if best.number not in logged:
-        client.log_batch(parent.run_id, metrics=[Metric(key, best.value, _ms(), best.number)])
+        client.log_batch(
+            parent.run_id, metrics=[Metric(key, completed_value(best), _ms(), best.number)]
+        )

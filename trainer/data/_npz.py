@@ -102,10 +102,10 @@ def _scale(file: Path, key: str, x: NDArray) -> NDArray:
             f"{file}: {key!r} holds {bad} NaN or infinite value(s); clean or impute them "
             "before training."
         )
-    low, high = float(x.min()), float(x.max())
-    if low >= 0.0 and high <= 1.0:
+    lowest, highest = float(x.min()), float(x.max())
+    if lowest >= 0.0 and highest <= 1.0:
         return x
-    return _min_max(x.astype(np.float64), low, high)
+    return _min_max(x.astype(np.float64), lowest, highest)
 
 
 def _min_max(x: NDArray[np.float64], low: float, high: float) -> NDArray[np.float64]:

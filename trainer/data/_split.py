@@ -56,7 +56,9 @@ class DataSplits:
         return self._x_test, self._t_test
 
     def __repr__(self) -> str:
-        test = f"{self._x_test.shape} from {self.test_source}" if self.has_test else "None"
+        test = (
+            f"{self._x_test.shape} from {self.test_source}" if self._x_test is not None else "None"
+        )
         return (
             f"DataSplits(x_train={self.x_train.shape}, x_val={self.x_val.shape}, "
             f"test={test}, n_classes={self.n_classes})"

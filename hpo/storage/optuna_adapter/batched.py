@@ -26,7 +26,7 @@ import copy
 import json
 import logging
 import threading
-from collections.abc import Container, Sequence
+from collections.abc import Callable, Container, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -90,6 +90,23 @@ class _Pending:
 
 class BatchedTrialStorage(BaseStorage, BaseHeartbeat):
     """Optuna's cached RDB storage, with this worker's running trials written in batches."""
+
+    # BaseStorage's abstract methods not defined here, forwarded to `inner` (set below the
+    # class, where mypy cannot see them): declared, so that the class is concrete to it too.
+    _get_stale_trial_ids: Callable[..., Any]
+    create_new_study: Callable[..., Any]
+    delete_study: Callable[..., Any]
+    get_all_studies: Callable[..., Any]
+    get_heartbeat_interval: Callable[..., Any]
+    get_heartbeat_stale_trial_callback: Callable[..., Any]
+    get_study_directions: Callable[..., Any]
+    get_study_id_from_name: Callable[..., Any]
+    get_study_name_from_id: Callable[..., Any]
+    get_study_system_attrs: Callable[..., Any]
+    get_study_user_attrs: Callable[..., Any]
+    record_heartbeat: Callable[..., Any]
+    set_study_system_attr: Callable[..., Any]
+    set_study_user_attr: Callable[..., Any]
 
     def __init__(self, inner: CachedStorage) -> None:
         self.inner = inner
@@ -413,7 +430,9 @@ class BatchedTrialStorage(BaseStorage, BaseHeartbeat):
     ) -> list[FrozenTrial]:
         # `ask` looks for a waiting trial at every claim, reading every trial updated since
         # the last one; usually there is none, and the claim's count under the lock said so.
-        waiting_only = states is not None and tuple(states) == (TrialState.WAITING,)
+        # `states` is only a Container in Optuna's signature: ask it, rather than iterate it.
+        asked = set(TrialState) if states is None else {s for s in TrialState if s in states}
+        waiting_only = asked == {TrialState.WAITING}
         expected, self._thread.waiting = getattr(self._thread, "waiting", None), None
         if self.enabled and waiting_only and expected == 0:
             return []

@@ -25,6 +25,7 @@ __all__ = [
     "PRIVATE_STORAGE_METHODS",
     "BaseHeartbeat",
     "CachedStorage",
+    "WrappedHeartbeat",
     "backend_of",
     "cache_created_trial",
     "initial_user_attrs",
@@ -42,6 +43,19 @@ BaseHeartbeat = BaseHeartbeat
 # Storage methods Optuna calls on a storage although they are private (its stale-trial sweep
 # does): wrappers of a storage forward them too.
 PRIVATE_STORAGE_METHODS = ("_get_stale_trial_ids",)
+
+
+
+class WrappedHeartbeat(BaseHeartbeat):
+    """Optuna's heartbeat interface for a storage that wraps another (`inner`): the private
+    stale-trial query that Optuna's own sweep calls is forwarded too (a wrapper may forward
+    it its own way, as hpo's retries do)."""
+
+    inner: Any
+
+    def _get_stale_trial_ids(self, study_id: int) -> list[int]:
+        return self.inner._get_stale_trial_ids(study_id)
+
 
 CachedStorage = _CachedStorage  # what `optuna.load_study` itself puts around an RDBStorage
 

@@ -64,7 +64,7 @@ class RowWriter:
 
     def _translated(
         self, error: Exception, statement: str, *, invalidated: bool
-    ) -> sqlalchemy.exc.DBAPIError:
+    ) -> sqlalchemy.exc.StatementError:
         """The driver's `error` as SQLAlchemy raises it (`OperationalError`, ...)."""
         return sqlalchemy.exc.DBAPIError.instance(
             statement,
