@@ -106,6 +106,17 @@ def _table(report: str, heading: str) -> dict[str, list[str]]:
     return table
 
 
+def _a_second_study_is_training(storage: str) -> bool:
+    """Two studies in the storage, one with a trial RUNNING (the database may be locked)."""
+    try:
+        summaries = optuna.get_all_study_summaries(storage)
+        studies = [optuna.load_study(study_name=s.study_name, storage=storage) for s in summaries]
+    except Exception:  # a write in progress; asked again
+        return False
+    running = [s for s in studies if s.get_trials(states=(optuna.trial.TrialState.RUNNING,))]
+    return len(studies) >= 2 and bool(running)
+
+
 def test_every_number_in_the_report_comes_from_results_csv(compare_file, tmp_path):
     done = _compare(compare_file, tmp_path, "--parallel", "2")
     assert done.returncode == 0, done.stderr
@@ -250,11 +261,12 @@ def test_an_interrupted_comparison_resumes_without_duplicating_trials(compare_fi
         out = process.stdout.readline()
         if out.startswith("[1/4]"):
             break
-    time.sleep(1.0)  # the second study is under way
+    storage = f"sqlite:///{tmp_path / 'cmp.db'}"
+    while time.monotonic() < deadline and not _a_second_study_is_training(storage):
+        time.sleep(0.2)
     os.killpg(process.pid, signal.SIGINT)  # Ctrl-C reaches the whole group, as in a terminal
     _out, err = process.communicate(timeout=120)
     assert process.returncode == 130, err
-    storage = f"sqlite:///{tmp_path / 'cmp.db'}"
     names = [s.study_name for s in optuna.get_all_study_summaries(storage)]
     assert names  # something was done before the interruption
     resumed = subprocess.run(
