@@ -42,9 +42,43 @@ def test_every_public_name_resolves_and_has_a_docstring():
         hpo.nothing_here  # noqa: B018
 
 
+class Recorder(hpo.RunListener):
+    """What a run tells its listener, in order."""
+
+    def __init__(self) -> None:
+        self.events: list[tuple] = []
+
+    def phase(self, what: str) -> None:
+        self.events.append(("phase", what))
+
+    def ready(self, created: bool, spec: hpo.StudySpec, storage: object) -> None:
+        self.events.append(("ready", created, spec.study.name))
+
+    def progress(self, finished: int, best: float | None) -> None:
+        self.events.append(("progress", finished))
+
+    def stopped(self) -> None:
+        self.events.append(("stopped",))
+
+
 def test_a_study_runs_in_process_then_best_replay_and_report_agree(tiny_study_file, tmp_path):
     url = f"sqlite:///{tmp_path / 'studies.db'}"
-    result = hpo.run_study(tiny_study_file(n_trials=4, epochs=3), storage=url, tracking=False)
+    heard = Recorder()
+    result = hpo.run_study(
+        tiny_study_file(n_trials=4, epochs=3), storage=url, tracking=False, listener=heard
+    )
+
+    steps = [event for event in heard.events if event[0] != "progress"]
+    assert steps == [
+        ("phase", "loading data"),
+        ("phase", "preparing the study"),
+        ("ready", True, "tiny"),
+        ("phase", "running"),
+        ("stopped",),
+    ]
+    counts = [event[1] for event in heard.events if event[0] == "progress"]
+    assert (counts[0], counts[-1]) == (0, 4)  # from the first look to the last trial
+    assert counts == sorted(counts)
 
     assert (result.finished, result.n_trials, result.complete) == (4, 4, True)
     assert result.created
@@ -91,6 +125,23 @@ def test_a_study_runs_with_two_worker_processes_and_mirrors_to_mlflow(tiny_study
     workers = {t.user_attrs["worker"] for t in result.study.trials}
     assert len(workers) == 2  # the trials ran in two processes, neither of them this one
     assert hpo.replay("tiny", storage=url).identical
+
+
+@pytest.mark.slow  # a study per arm and seed, each an `hpo run` process
+def test_a_comparison_runs_from_python_and_writes_its_report(tiny_study_file, tmp_path):
+    done = hpo.compare(
+        tiny_study_file(n_trials=2, epochs=3), samplers=["random"], pruners=["none"], seeds=1,
+        storage=f"sqlite:///{tmp_path / 'compare.db'}", out=tmp_path / "compare",
+        noise_trainings=1, audit=0, tracking=False,
+    )  # fmt: skip
+
+    assert (done.failed, done.interrupted) == ((), None)
+    assert done.summary is not None
+    assert list(done.summary.arms) == ["random+none"]
+    assert done.report_path.read_text() == done.report_text
+    assert "by `hpo.compare(" in done.report_text  # says how it was made
+    for name in ("results.csv", *done.figures):
+        assert (tmp_path / "compare" / name).stat().st_size > 0
 
 
 def test_a_bad_study_file_raises_the_error_hpo_run_prints(tiny_study_file, tmp_path, capsys):
