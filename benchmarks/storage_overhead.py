@@ -47,12 +47,15 @@ import optuna
 import sqlalchemy
 from sqlalchemy.engine import make_url
 
+import hpo
+
+# Below the public API on purpose: this times the worker's trial loop itself, trial by trial
+# and storage against storage, where `hpo.run_study` runs a whole study.
 from hpo.engine import worker as _runner
 from hpo.engine.launch import build_objective, settle_heap
 from hpo.engine.objective import Objective
 from hpo.engine.worker import Worker
 from hpo.spec.data import load_splits
-from hpo.spec.study_file import load_study_file
 from hpo.storage.database import resolve_storage
 from hpo.storage.studies import join_study, prepare_study, sampler_seed
 
@@ -272,7 +275,6 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
 
-    env = {"HPO_DATA_DIR": str(args.mnist_dir.parent)}
     settings_list = [
         ("book 6.5: random search, no pruner", "book-6.5.toml", False),
         ("TPE + median pruner, decided in memory (hpo run)", "book-6.5-tpe.toml", False),
@@ -284,9 +286,13 @@ def main(argv: list[str] | None = None) -> int:
     ]
     print(f"{args.trials} trials per storage; book 6.5 network on {args.mnist_dir}")
     for label, file_name, naive in settings_list:
-        spec = load_study_file(REPO / "studies" / file_name, environ=env)
         run_id = f"{int(time.time() * 1000)}"
-        spec = spec.with_overrides(study_name=f"overhead-{run_id}", n_trials=args.trials)
+        spec = hpo.load_study(
+            REPO / "studies" / file_name,
+            study_name=f"overhead-{run_id}",
+            n_trials=args.trials,
+            data_dir=args.mnist_dir,
+        )
         splits = load_splits(spec.data, seed=spec.study.seed)
         with tempfile.TemporaryDirectory() as tmp, scratch_database(args.postgres) as plain:
             urls = {"SQLite": f"sqlite:///{tmp}/overhead.db", "PostgreSQL": args.postgres}

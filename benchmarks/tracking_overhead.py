@@ -33,10 +33,13 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 import optuna
 
+import hpo
+
+# Below the public API on purpose: the per-trial part times one worker's trials with and
+# without a mirror, in turns, where `hpo.run_study` runs a whole study with one setting.
 from hpo.engine.objective import Objective
 from hpo.engine.worker import Worker
 from hpo.spec.data import load_splits
-from hpo.spec.study_file import load_study_file
 from hpo.storage.database import resolve_storage
 from hpo.storage.studies import join_study, prepare_study
 from hpo.tracking.mirror import Mirror, TrialMirror
@@ -132,9 +135,9 @@ def end_to_end(workers: int, repeats: int, data_root: Path) -> None:
 
 
 def per_trial(trials: int, block: int, data_root: Path) -> None:
-    spec = load_study_file(
-        REPO / "studies/book-6.5.toml", environ={"HPO_DATA_DIR": str(data_root)}
-    ).with_overrides(n_trials=trials)
+    spec = hpo.load_study(
+        REPO / "studies/book-6.5.toml", n_trials=trials, data_dir=data_root / "mnist"
+    )
     splits = load_splits(spec.data, seed=spec.study.seed)
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)

@@ -33,6 +33,8 @@ import optuna
 import sqlalchemy
 from sqlalchemy.engine import make_url
 
+import hpo
+
 REPO = Path(__file__).resolve().parents[1]
 STUDY_FILE = REPO / "studies" / "book-6.5.toml"
 
@@ -75,7 +77,7 @@ def run_setting(url: str, workers: int, trials: int, env: dict[str, str]) -> dic
         env=env, capture_output=True, text=True, check=False,
     )  # fmt: skip
     wall = time.perf_counter() - started
-    study = optuna.load_study(study_name="scaling", storage=url)
+    study, _spec = hpo.open_study("scaling", storage=url)
     states = [t.state.name for t in study.get_trials(deepcopy=False)]
     return {
         "rate": steady_rate(study, workers),

@@ -1,2 +1,3 @@
 """Reading finished studies: listings, reports and figures, the best trial and its retraining,
-narrowing, and comparisons of search strategies."""
+narrowing, and comparisons of search strategies; `results` and `comparing` are what the
+public API (`hpo.best`, `hpo.replay`, `hpo.report`, `hpo.compare`) calls."""

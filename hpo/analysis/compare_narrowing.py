@@ -18,16 +18,9 @@ import argparse
 import dataclasses
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from hpo.engine import blas as _blas
 from hpo.engine.signals import exit_status, stop_on_signals
-
-if TYPE_CHECKING:
-    from hpo.engine.launch import RunOutcome
-    from hpo.spec.study_file import StudySpec
-    from hpo.storage.database import StorageSettings
-    from hpo.tracking.runs import TrackingSettings
 
 NARROWING = "narrowing"
 
@@ -42,33 +35,12 @@ def stage_names(prefix: str, pruner: str, seed: int, stages: int) -> list[str]:
     return [f"{prefix}--{NARROWING}-{pruner}--seed{seed}--stage{j}" for j in range(1, stages + 1)]
 
 
-def _run_stage(
-    spec: StudySpec, settings: StorageSettings, tracking: TrackingSettings
-) -> RunOutcome:
-    """One stage, as `hpo run` runs a study in one process: mirrored to MLflow if on."""
-    from hpo.engine.launch import run_in_process
-    from hpo.storage.studies import prepare_study
-    from hpo.tracking.mirror import Mirror, TrialMirror
-
-    mirror = Mirror(tracking, settings, spec) if tracking.enabled else None
-    try:
-        prepare_study(settings, spec)
-        if mirror is None:
-            return run_in_process(spec, settings)
-        mirror.study_ready()
-        outcome = run_in_process(spec, settings, mirror=TrialMirror(mirror.worker_end(0)))
-        mirror.close(interrupted=outcome.interrupted)
-        return outcome
-    finally:
-        if mirror is not None:
-            mirror.abandon()
-
-
 def run_arm(args: argparse.Namespace) -> int:
     from optuna.trial import TrialState
 
     from hpo.analysis.narrowing import narrow_study, write_next_stage
-    from hpo.spec.study_file import load_study_file
+    from hpo.engine.run import run_study
+    from hpo.spec.load import load_study
     from hpo.storage.database import resolve_storage
     from hpo.storage.studies import load_existing_study
     from hpo.tracking.runs import resolve_tracking
@@ -78,9 +50,9 @@ def run_arm(args: argparse.Namespace) -> int:
                                 disabled=args.no_mlflow)  # fmt: skip
     budgets = stage_budgets(args.n_trials, args.stages)
     names = stage_names(args.prefix, args.pruner, args.seed, args.stages)
-    spec = load_study_file(args.study_file).with_overrides(
-        study_name=names[0], sampler="random", pruner=args.pruner, seed=args.seed,
-        n_trials=budgets[0],
+    spec = load_study(
+        args.study_file, study_name=names[0], sampler="random", pruner=args.pruner,
+        seed=args.seed, n_trials=budgets[0],
     )  # fmt: skip
     for j, (name, budget) in enumerate(zip(names, budgets, strict=True)):
         if j > 0:
@@ -96,7 +68,8 @@ def run_arm(args: argparse.Namespace) -> int:
             spec = spec.with_overrides(
                 study_name=name, sampler="random", pruner=args.pruner, n_trials=budget
             )
-        outcome = _run_stage(spec, settings, tracking)
+        # One stage, as `hpo run` runs a study in one process: mirrored to MLflow if on.
+        outcome = run_study(spec, storage=settings, tracking=tracking).outcome
         if outcome.interrupted:
             return 130
         if outcome.finished < budget:

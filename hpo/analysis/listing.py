@@ -9,9 +9,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import optuna
-from optuna.trial import FrozenTrial, TrialState
 
-from hpo.spec.outcomes import completed_value
+from hpo.spec.outcomes import ranked_trials
 
 # How the book prints a setting: "lr:0.0092, weight decay:3.86e-07".
 DISPLAY_NAMES = {"weight_decay_lambda": "weight decay", "dropout_ratio": "dropout"}
@@ -23,13 +22,6 @@ def fmt(value: Any) -> str:
     if isinstance(value, float) and math.isfinite(value):
         return f"{value:.3g}"
     return str(value)
-
-
-def ranked_trials(study: optuna.Study) -> list[FrozenTrial]:
-    """Completed trials, best first (ties by trial number, so the order is stable)."""
-    trials = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-    sign = -1.0 if study.direction == optuna.study.StudyDirection.MAXIMIZE else 1.0
-    return sorted(trials, key=lambda t: (sign * completed_value(t), t.number))
 
 
 def best_lines(study: optuna.Study, metric: str, n: int = 5) -> list[str]:

@@ -57,9 +57,9 @@ def _cmd_best(args: argparse.Namespace) -> int:
     from optuna.trial import TrialState
 
     from hpo.analysis.best import best_trial, check_model_name, describe_params, retrain
+    from hpo.analysis.results import open_study
     from hpo.errors import ConfigError
     from hpo.storage.database import resolve_storage
-    from hpo.storage.studies import load_existing_study, stored_spec
     from hpo.tracking.runs import make_client, require_enabled
 
     settings, tracking = resolve_storage(args.storage), tracking_from(args)
@@ -68,8 +68,7 @@ def _cmd_best(args: argparse.Namespace) -> int:
         if not args.retrain:
             raise ConfigError("--register registers the model that --retrain logs; add --retrain")
         check_model_name(args.register)
-    study = load_existing_study(settings, args.name)
-    spec = stored_spec(study)
+    study, spec = open_study(args.name, storage=settings)
     if args.retrain:
         spec.require_training("hpo best --retrain")
     metric = spec.study.metric

@@ -5,21 +5,11 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from hpo.spec.limits import check_range as check_range  # for every command
+
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, as a shell reports a command killed by it
 Commands = argparse._SubParsersAction
-
-
-def check_range(value: float, flag: str, low: float, high: float) -> None:
-    """A flag's number within [low, high], else one line naming the flag."""
-    if not low <= value <= high:
-        raise _config_error(f"must be from {low:,} to {high:,}, but got {value:,}", flag)
-
-
-def _config_error(message: str, key: str) -> Exception:
-    from hpo.errors import ConfigError
-
-    return ConfigError(message, key=key)
 
 
 def progress_bar(total: int | None, what: str, *, unit: str = "it", **options: Any) -> Any:

@@ -56,28 +56,24 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
     matplotlib.use("Agg")  # files only, never a window; before anything imports pyplot
 
-    from hpo.analysis.study_report import write_report
-    from hpo.spec.names import study_folder
+    from hpo.analysis.results import open_study, report
     from hpo.storage.database import resolve_storage
-    from hpo.storage.studies import load_existing_study, stored_spec
 
     check_range(args.top, "--top", 1, 100)
     settings, tracking = resolve_storage(args.storage), tracking_from(args)
-    study = load_existing_study(settings, args.name)
-    spec = stored_spec(study)
-    out = args.out if args.out is not None else study_folder(Path("reports"), args.name)
-    report = write_report(study, spec, out, top=args.top)
-
+    written = report(args.name, storage=settings, out=args.out, top=args.top)
+    out = written.directory
     print(f"{args.name}: report in {out}")
-    for path in report.written:
+    for path in written.written:
         print(f"  wrote {path}")
-    for name, reason in report.skipped.items():
+    for name, reason in written.skipped.items():
         print(f"  skipped {name}: {reason}")
-    for path in report.removed:
+    for path in written.removed:
         print(f"  removed {path} (from an earlier report)")
     if not tracking.enabled:
         return EXIT_OK
-    return _log(tracking, settings, spec, study, report)
+    study, spec = open_study(args.name, storage=settings)
+    return _log(tracking, settings, spec, study, written)
 
 
 def _log(

@@ -6,9 +6,7 @@ import argparse
 import os
 import signal
 import sys
-import time
-from multiprocessing.connection import Connection
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from hpo.cli.common import (
     EXIT_FAILURE,
@@ -19,12 +17,13 @@ from hpo.cli.common import (
     tracking_flags,
     tracking_from,
 )
+from hpo.engine.run import RunListener
 
 if TYPE_CHECKING:
     from hpo.engine.launch import RunOutcome
+    from hpo.engine.run import RunResult
     from hpo.spec.study_file import StudySpec
     from hpo.storage.database import StorageSettings
-    from hpo.tracking.mirror import Mirror, TrialMirror
     from hpo.tracking.runs import TrackingSettings
 
 
@@ -69,25 +68,11 @@ def _add_run_parser(commands: Commands) -> None:
     p.set_defaults(handler=_cmd_run)
 
 
-def _overrides(args: argparse.Namespace) -> list[str]:
-    """The override flags of `hpo run`, to hand to its worker processes."""
-    flags = []
-    for name in (
-        "study_name", "sampler", "pruner", "n_trials", "seed", "timeout", "experiment",
-        "data_dir",
-    ):  # fmt: skip
-        value = getattr(args, name)
-        if value is not None:
-            flags += [f"--{name.replace('_', '-')}", str(value)]
-    if args.no_mlflow:
-        flags.append("--no-mlflow")
-    return flags  # the tracking URI goes through the environment, like the storage URL
-
-
 def _cmd_run(args: argparse.Namespace) -> int:
+    from hpo.engine.run import run_study
     from hpo.errors import ConfigError
     from hpo.spec.limits import MAX_WORKERS
-    from hpo.spec.study_file import load_study_file
+    from hpo.spec.load import load_study
     from hpo.storage.database import resolve_storage
     from hpo.storage.optuna_adapter import ADAPTER_ENV
 
@@ -96,85 +81,40 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if args.workers < 1:
         raise ConfigError(f"must be at least 1, but got {args.workers}", key="--workers")
     check_range(args.workers, "--workers", 1, MAX_WORKERS)
-    spec = load_study_file(args.study_file).with_overrides(
+    spec = load_study(
+        args.study_file,
         study_name=args.study_name,
         sampler=args.sampler,
         pruner=args.pruner,
         n_trials=args.n_trials,
         seed=args.seed,
         timeout=args.timeout,
+        data_dir=args.data_dir,
     )
-    if args.data_dir is not None:
-        spec = spec.with_data_dir(args.data_dir)
-    spec.require_search()
     settings = resolve_storage(args.storage)
     tracking = tracking_from(args)
     if args.worker:  # one of `hpo run --workers N`'s processes
         return _run_as_worker(spec, settings)
-    mirror = None
-    if tracking.enabled:
-        from hpo.tracking.mirror import Mirror
-
-        # Started first: it imports MLflow and opens the store while the study is prepared.
-        mirror = Mirror(tracking, settings, spec, channels=args.workers)
-    try:
-        return _run_study(args, spec, settings, tracking, mirror)
-    finally:
-        if mirror is not None:
-            mirror.abandon()  # a no-op once closed; else ends it without a sync
+    printer = _Printer(spec.study.n_trials, args.workers, tracking, progress=not args.no_progress)
+    result = run_study(
+        spec, storage=settings, workers=args.workers, tracking=tracking, listener=printer
+    )
+    return _report(result)
 
 
-def _run_study(
-    args: argparse.Namespace,
-    spec: StudySpec,
-    settings: StorageSettings,
-    tracking: TrackingSettings,
-    mirror: Mirror | None,
-) -> int:
+def _report(result: RunResult) -> int:
+    """What `hpo run` prints once the trials have stopped, and its exit status."""
     from hpo.analysis.listing import best_lines
-    from hpo.engine.launch import load_study_data, run_in_process, run_worker_processes
-    from hpo.spec.data import check_data
-    from hpo.storage.studies import load_existing_study, prepare_study
 
+    outcome, spec = result.outcome, result.spec
     name, n_trials = spec.study.name, spec.study.n_trials
-    bar = _progress_bar(n_trials, enabled=not args.no_progress)
-    try:
-        # The data first: missing or corrupt data is one line, and leaves no study behind.
-        bar.phase("loading data")
-        splits = None
-        if args.workers == 1:
-            splits = load_study_data(spec)
-        elif spec.trains:  # each worker loads and splits its own
-            check_data(spec.data, seed=spec.study.seed)
-        bar.phase("preparing the study")
-        new = prepare_study(settings, spec)
-        if mirror is not None:
-            mirror.study_ready()
-        _print_header(args, spec, settings, tracking, new=new)
-        started = time.perf_counter()
-        if args.workers == 1:
-            bar.phase("running")
-            channel = mirror.worker_end(0) if mirror is not None else None
-            outcome = run_in_process(
-                spec, settings, mirror=_trial_mirror(channel), splits=splits, progress=bar
-            )
-        else:
-            bar.phase(f"starting {args.workers} workers")
-            child = ["run", str(args.study_file), *_overrides(args), "--worker"]
-            outcome = run_worker_processes(
-                spec, settings, child, args.workers, mirror=mirror, progress=bar
-            )
-    finally:
-        bar.close()
-    elapsed = time.perf_counter() - started
-    mirrored = mirror.close(interrupted=outcome.interrupted) if mirror is not None else None
-    study = load_existing_study(settings, name)
-    lines = best_lines(study, spec.study.metric, n=5)
+    lines = best_lines(result.study, spec.study.metric, n=5)
     if lines:
         print("\n".join(lines))
+    elapsed = result.elapsed_s
     print(f"{name}: {outcome.finished}/{n_trials} trials finished ({elapsed:.0f} s this run)")
-    if mirrored:
-        print(mirrored)
+    if result.mirrored:
+        print(result.mirrored)
     for line in outcome.worker_lines:
         print(f"hpo run: {line}", file=sys.stderr)
     if outcome.interrupted:
@@ -196,17 +136,17 @@ def _run_study(
 
 
 def _print_header(
-    args: argparse.Namespace,
     spec: StudySpec,
     settings: StorageSettings,
     tracking: TrackingSettings,
+    workers: int,
     *,
     new: bool,
 ) -> None:
     print(
         f"{'created' if new else 'resuming'} study {spec.study.name!r} in "
         f"{settings.redacted()}: {spec.study.n_trials} trials, {spec.sampler.name} sampler, "
-        f"{spec.pruner.name} pruner, {args.workers} worker{'s' if args.workers > 1 else ''}; "
+        f"{spec.pruner.name} pruner, {workers} worker{'s' if workers > 1 else ''}; "
         f"MLflow: {tracking.describe()}"
     )
     if spec.trains:
@@ -219,14 +159,6 @@ def _print_header(
     for param in spec.space.params:
         print(f"  search {param.describe()}")
     sys.stdout.flush()
-
-
-def _trial_mirror(channel: Connection | None) -> TrialMirror | None:
-    if channel is None:
-        return None
-    from hpo.tracking.mirror import TrialMirror
-
-    return TrialMirror(channel)
 
 
 def _run_as_worker(spec: StudySpec, settings: StorageSettings) -> int:
@@ -278,37 +210,47 @@ def _exit_status(outcome: RunOutcome) -> int:
     return EXIT_OK
 
 
-class _Progress:
-    """A tqdm bar over finished trials (on a terminal), updated from absolute counts."""
+class _Printer(RunListener):
+    """`hpo run`'s view of a run: the header once the study is ready, and a tqdm bar over
+    finished trials (on a terminal), updated from absolute counts."""
 
-    def __init__(self, total: int, enabled: bool) -> None:
-        from tqdm import tqdm
+    def __init__(
+        self, total: int, workers: int, tracking: TrackingSettings, *, progress: bool
+    ) -> None:
+        self.total, self.workers, self.tracking, self.enabled = total, workers, tracking, progress
+        self._bar: Any = None
 
-        self._bar = tqdm(
-            total=total,
-            unit="trial",
-            dynamic_ncols=True,
-            disable=not (enabled and sys.stderr.isatty()),
-        )
+    def _tqdm(self) -> Any:
+        if self._bar is None:  # made as the run starts, after the MLflow mirror
+            from tqdm import tqdm
+
+            self._bar = tqdm(
+                total=self.total,
+                unit="trial",
+                dynamic_ncols=True,
+                disable=not (self.enabled and sys.stderr.isatty()),
+            )
+        return self._bar
 
     def phase(self, what: str) -> None:
         """What start-up is doing, until the first count."""
-        self._bar.set_description_str(what, refresh=True)
+        self._tqdm().set_description_str(what, refresh=True)
 
-    def __call__(self, finished: int, best: float | None) -> None:
-        if self._bar.desc:
-            self._bar.set_description_str("", refresh=False)
-        self._bar.n = finished
+    def ready(self, created: bool, spec: StudySpec, storage: StorageSettings) -> None:
+        _print_header(spec, storage, self.tracking, self.workers, new=created)
+
+    def progress(self, finished: int, best: float | None) -> None:
+        bar = self._tqdm()
+        if bar.desc:
+            bar.set_description_str("", refresh=False)
+        bar.n = finished
         if best is not None:
-            self._bar.set_postfix_str(f"best {best:.4g}", refresh=False)
-        self._bar.refresh()
+            bar.set_postfix_str(f"best {best:.4g}", refresh=False)
+        bar.refresh()
 
-    def close(self) -> None:
-        self._bar.close()
-
-
-def _progress_bar(total: int, enabled: bool) -> _Progress:
-    return _Progress(total, enabled)
+    def stopped(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
 
 
 def add_parsers(commands: Commands) -> None:

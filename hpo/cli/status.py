@@ -105,40 +105,22 @@ def _add_replay_parser(commands: Commands) -> None:
 
 def _cmd_replay(args: argparse.Namespace) -> int:
     from hpo.analysis.listing import fmt
-    from hpo.engine.objective import replay_trial
-    from hpo.errors import ConfigError
+    from hpo.analysis.results import open_study, replay_of, replayable_trial
     from hpo.spec.data import load_splits
     from hpo.storage.database import resolve_storage
-    from hpo.storage.studies import load_existing_study, stored_spec
 
-    study = load_existing_study(resolve_storage(args.storage), args.name)
-    spec = stored_spec(study)
-    spec.require_training("hpo replay")
-    trials = {t.number: t for t in study.get_trials(deepcopy=False)}
-    trial = trials.get(args.trial)
-    if trial is None:
-        raise ConfigError(
-            f"study {args.name!r} has no trial {args.trial} "
-            f"(it has {len(trials)} trials, numbered from 0)"
-        )
-    recorded = trial.user_attrs.get("history")
-    seed = trial.user_attrs.get("seed")
-    if not recorded or seed is None:
-        raise ConfigError(
-            f"trial {args.trial} of {args.name!r} is {trial.state.name} and has "
-            "no recorded history to compare with"
-        )
-    metric = spec.study.metric
+    study, spec = open_study(args.name, storage=resolve_storage(args.storage))
+    trial = replayable_trial(study, spec, args.trial)
     splits = load_splits(spec.data, seed=spec.study.seed)
     params = ", ".join(f"{k}={fmt(v)}" for k, v in trial.params.items())
+    seed = trial.user_attrs["seed"]
     print(f"trial {trial.number} of {args.name!r} ({trial.state.name}, seed {seed}): {params}")
-    reproduced = replay_trial(spec, splits, dict(trial.params), int(seed))
-    epochs = len(recorded[metric])
-    same = reproduced[metric][:epochs] == recorded[metric]
-    print(f"  recorded   {metric} {recorded[metric][-1]:.6f} at epoch {epochs}")
-    print(f"  reproduced {metric} {reproduced[metric][epochs - 1]:.6f} at epoch {epochs}")
-    print("  identical at every recorded epoch" if same else "  DIFFERENT")
-    return EXIT_OK if same else EXIT_FAILURE
+    replay = replay_of(spec, trial, splits=splits)
+    metric, epochs = replay.metric, replay.epochs
+    print(f"  recorded   {metric} {replay.recorded_value:.6f} at epoch {epochs}")
+    print(f"  reproduced {metric} {replay.reproduced_value:.6f} at epoch {epochs}")
+    print("  identical at every recorded epoch" if replay.identical else "  DIFFERENT")
+    return EXIT_OK if replay.identical else EXIT_FAILURE
 
 
 def add_parsers(commands: Commands) -> None:

@@ -8,6 +8,8 @@ One table, so that the checks, their messages and the documentation agree.
 
 from __future__ import annotations
 
+from hpo.errors import ConfigError
+
 MAX_TRIALS = 1_000_000  # [study] n_trials, --n-trials
 MAX_TIMEOUT_S = 10_000_000  # [study] timeout: about 115 days
 MAX_SEED = 2**63 - 1  # [study] seed, [[enqueue]] seed: what a 64-bit integer holds
@@ -20,3 +22,9 @@ MAX_CHOICES = 1_000  # values of one categorical setting
 MAX_GRID = 100_000  # trials of a grid (every combination)
 MAX_WORKERS = 256  # hpo run --workers
 MAX_SEEDS = 100  # hpo compare --seeds
+
+
+def check_range(value: float, key: str, low: float, high: float) -> None:
+    """`value` within [low, high], else a ConfigError naming `key` (a flag, an argument)."""
+    if not low <= value <= high:
+        raise ConfigError(f"must be from {low:,} to {high:,}, but got {value:,}", key=key)

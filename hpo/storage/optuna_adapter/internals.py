@@ -45,7 +45,6 @@ BaseHeartbeat = BaseHeartbeat
 PRIVATE_STORAGE_METHODS = ("_get_stale_trial_ids",)
 
 
-
 class WrappedHeartbeat(BaseHeartbeat):
     """Optuna's heartbeat interface for a storage that wraps another (`inner`): the private
     stale-trial query that Optuna's own sweep calls is forwarded too (a wrapper may forward
