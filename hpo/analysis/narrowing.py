@@ -36,9 +36,7 @@ ranges, with its seed: the stage starts by reproducing those trials exactly.
 
 from __future__ import annotations
 
-import copy
 import datetime
-import json
 import math
 import os
 import re
@@ -47,10 +45,13 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import optuna
+import tomlkit
 from optuna.trial import FrozenTrial
+from tomlkit import TOMLDocument
+from tomlkit.items import AoT, InlineTable, Item
 
 from hpo.analysis.listing import fmt, ranked_trials
 from hpo.errors import ConfigError
@@ -68,6 +69,8 @@ SIGNIFICANT = 3  # digits of a new float end
 HEADER_MARK = "# hpo narrow:"  # first line of the comment header a stage file starts with
 
 NARROWED, KEPT, WIDENED = "narrowed", "kept", "widened"
+
+_I = TypeVar("_I", bound=Item)
 
 
 @dataclass(frozen=True)
@@ -548,54 +551,82 @@ def stage_text(
 ) -> str:
     """The next stage's study file: the parent's text, edited where the stage differs.
 
-    The parent's comments are kept, which needs the usual layout (`[search.lr]` tables with
-    `low = ...` lines). Whatever the layout, the edited text must parse to the intended
-    document; if it does not, the whole document is written out instead, without comments.
+    tomlkit edits the parent's document in place, so its comments and layout are kept; each
+    changed key gets a comment saying why, and the old provenance is replaced by the new.
     """
     created = datetime.date.today() if created is None else created
-    source = result.spec.source_text
-    parent = tomllib.loads(source)
-    document = _stage_document(result, parent, name, directory, created)
-    try:
-        text = _edited(result, source, parent, document)
-        if tomllib.loads(text) == document:
-            return _header(result, name, created) + text
-    except (tomllib.TOMLDecodeError, ValueError):
-        pass
-    return _header(result, name, created, kept_comments=False) + _emit(document)
-
-
-def _stage_document(
-    result: NarrowingResult,
-    parent: dict[str, Any],
-    name: str,
-    directory: Path,
-    created: datetime.date,
-) -> dict[str, Any]:
-    document = copy.deepcopy(parent)
+    document = tomlkit.parse(_without_header(result.spec.source_text))
     document.pop("narrowing", None)
     document.pop("enqueue", None)
-    study = document.setdefault("study", {})
-    study["name"], study["seed"] = name, result.spec.study.seed
+    _set(document, ("study", "name"), name, f"stage of {result.parent!r}, by hpo narrow")
+    seed = result.spec.study.seed
+    _set(document, ("study", "seed"), seed, "the parent's: the same split and trial seeds")
     for change in result.changes:
-        if (change.new.low, change.new.high) != (change.old.low, change.old.high):
-            table = document["search"][change.name]
-            table["low"], table["high"] = change.new.low, change.new.high
-    for key, value in _moved_paths(result, parent.get("data", {}), directory).items():
-        document["data"][key] = value
-    document["narrowing"] = {
-        "parent": result.parent,
-        "rule": result.rule,
-        "parent_best": result.parent_best,
-        "created": created,
-    }
-    enqueue = [
-        {"params": dict(t.params), "seed": t.seed, "parent_trial": t.parent_trial}
-        for t in result.enqueue()
-    ]
+        for end in ("low", "high"):
+            was, new = getattr(change.old, end), getattr(change.new, end)
+            if new != was:
+                note = f"{getattr(change, end)} (was {_end(was)})"
+                _set(document, ("search", change.name, end), new, note)
+    for key, value in _moved_paths(result, document.get("data", {}), directory).items():
+        _set(document, ("data", key), value, "the parent's, from its directory")
+    narrowing = tomlkit.table()
+    narrowing.update(
+        parent=result.parent, rule=result.rule, parent_best=result.parent_best, created=created
+    )
+    document["narrowing"] = _commented(
+        narrowing, "where this stage comes from: informational, hpo narrow wrote it"
+    )
+    enqueue = _enqueue_tables(result)
     if enqueue:
         document["enqueue"] = enqueue
-    return document
+    return _header(result, name, created) + tomlkit.dumps(document).rstrip() + "\n"
+
+
+def _without_header(source: str) -> str:
+    """A stage's text without the header `_header` wrote (a stage of a stage gets a new one)."""
+    if not source.startswith(HEADER_MARK):
+        return source
+    lines = source.splitlines(keepends=True)
+    blank = next((i for i, line in enumerate(lines) if not line.strip()), len(lines))
+    return "".join(lines[blank + 1 :])
+
+
+def _set(document: TOMLDocument, keys: tuple[str, ...], value: Any, comment: str) -> None:
+    """`document[k1][k2]... = value`, with a trailing comment; a missing table is added.
+
+    A value inside an inline table (`lr = { low = ... }`) gets no comment, since TOML allows
+    none there: the header's list of ranges says it instead.
+    """
+    *tables, key = keys
+    container: Any = document
+    for table in tables:
+        container = container.setdefault(table, tomlkit.table())
+    item = tomlkit.item(value)
+    container[key] = item if isinstance(container, InlineTable) else _commented(item, comment)
+
+
+def _commented(item: _I, comment: str) -> _I:
+    item.comment(comment)
+    item.trivia.comment_ws = "  "  # two spaces before an inline comment, as ruff and PEP 8
+    return item
+
+
+def _enqueue_tables(result: NarrowingResult) -> AoT:
+    """One `[[enqueue]]` table per top trial inside the new ranges, each header commented."""
+    values: dict[int | None, float] = {t.number: t.value for t in result.top}
+    tables = tomlkit.aot()
+    for trial in result.enqueue():
+        number = trial.parent_trial
+        metric = f"{result.spec.study.metric} {fmt(values[number])}"
+        table = _commented(
+            tomlkit.table(),
+            f"parent trial {number} ({metric}), run first with its parameters and seed",
+        )
+        params = tomlkit.inline_table()
+        params.update(trial.params)
+        table.update({"params": params, "seed": trial.seed, "parent_trial": number})
+        tables.append(table)
+    return tables
 
 
 def _moved_paths(
@@ -614,13 +645,11 @@ def _moved_paths(
     return moved
 
 
-def _header(
-    result: NarrowingResult, name: str, created: datetime.date, *, kept_comments: bool = True
-) -> str:
+def _header(result: NarrowingResult, name: str, created: datetime.date) -> str:
     """The comment block a stage file starts with, up to its first blank line."""
     top = result.top
     lines = [
-        f"{HEADER_MARK} stage {_literal(name)} of study {_literal(result.parent)}, made on "
+        f"{HEADER_MARK} stage {_quoted(name)} of study {_quoted(result.parent)}, made on "
         f"{created} from its "
         f"{result.n_complete} completed trials (best {result.spec.study.metric} "
         f"{fmt(result.parent_best)}, trial {top[0].number}).",
@@ -634,124 +663,8 @@ def _header(
         "# with its parent trial's parameters and seed, reproducing it exactly. The rest is the",
         "# parent's definition as stored. Run it with `hpo run` on this file.",
     ]
-    if not kept_comments:
-        lines.append(
-            "# (The parent's layout could not be edited in place: its comments are lost.)"
-        )
     return "\n".join(lines) + "\n\n"
 
 
-# Table headers in the usual layout: [study], [search.lr], [[enqueue]] (bare keys only).
-_TABLE = re.compile(
-    r"^\s*(\[\[?)\s*([A-Za-z0-9_\-]+(?:\s*\.\s*[A-Za-z0-9_\-]+)*)\s*\]\]?\s*(#.*)?$"
-)
-
-
-def _edited(
-    result: NarrowingResult,
-    source: str,
-    parent: Mapping[str, Any],
-    document: Mapping[str, Any],
-) -> str:
-    """The parent's text with the stage's changes made line by line (see `stage_text`)."""
-    lines = source.splitlines()
-    if lines and lines[0].startswith(HEADER_MARK):  # a stage of a stage: drop the old header
-        blank = next((i for i, line in enumerate(lines) if not line.strip()), len(lines))
-        lines = lines[blank + 1 :]
-    blocks: list[tuple[str | None, list[str]]] = [(None, [])]
-    for line in lines:
-        match = _TABLE.match(line)
-        if match:
-            name = re.sub(r"\s+", "", match.group(2))
-            blocks.append(("[[" + name if match.group(1) == "[[" else name, [line]))
-        else:
-            blocks[-1][1].append(line)
-    blocks = [(n, ls) for n, ls in blocks if n not in ("narrowing", "[[enqueue")]
-
-    def set_key(table: str, key: str, value: Any, comment: str) -> None:
-        block = next((ls for n, ls in blocks if n == table), None)
-        if block is None:
-            block = [f"[{table}]", ""]
-            first = next((i for i, (n, _) in enumerate(blocks) if n is not None), len(blocks))
-            blocks.insert(first if table == "study" else len(blocks), (table, block))
-        line = f"{key} = {_literal(value)}" + (f"  # {comment}" if comment else "")
-        pattern = re.compile(rf"^\s*{re.escape(key)}\s*=")
-        index = next((i for i, text in enumerate(block) if pattern.match(text)), None)
-        if index is None:
-            block.insert(1, line)
-        else:
-            block[index] = line
-
-    study = document["study"]
-    set_key("study", "name", study["name"], f"stage of {result.parent!r}, by hpo narrow")
-    set_key("study", "seed", study["seed"], "the parent's: the same split and trial seeds")
-    for change in result.changes:
-        table = document["search"][change.name]
-        for end in ("low", "high"):
-            was = getattr(change.old, end)
-            if getattr(change.new, end) != was:
-                note = f"{getattr(change, end)} (was {_end(was)})"
-                set_key(f"search.{change.name}", end, table[end], note)
-    for key, value in document.get("data", {}).items():
-        if parent["data"][key] != value:
-            set_key("data", key, value, "the parent's, from its directory")
-    text = "\n".join(line for _, block in blocks for line in block).rstrip() + "\n"
-    return text + "\n" + _provenance(document, result)
-
-
-def _provenance(document: Mapping[str, Any], result: NarrowingResult) -> str:
-    """`[narrowing]` and the `[[enqueue]]` tables, each header with its comment."""
-    lines = ["[narrowing]  # where this stage comes from: informational, hpo narrow wrote it"]
-    lines += [f"{k} = {_literal(v)}" for k, v in document["narrowing"].items()]
-    values = {t.number: t.value for t in result.top}
-    for trial in document.get("enqueue", ()):
-        number = trial["parent_trial"]
-        lines += [
-            "",
-            f"[[enqueue]]  # parent trial {number} ({result.spec.study.metric} "
-            f"{fmt(values[number])}), run first with its parameters and seed",
-            *(f"{k} = {_literal(v)}" for k, v in trial.items()),
-        ]
-    return "\n".join(lines) + "\n"
-
-
-def _emit(document: Mapping[str, Any]) -> str:
-    """The whole document as TOML: [section] tables, [search.<setting>] tables, [[enqueue]]."""
-    blocks: list[list[str]] = []
-    for section, value in document.items():
-        if isinstance(value, list):
-            blocks += [[f"[[{_key(section)}]]", *_pairs(table)] for table in value]
-        elif section == "search":
-            blocks += [[f"[search.{_key(k)}]", *_pairs(table)] for k, table in value.items()]
-        else:
-            blocks.append([f"[{_key(section)}]", *_pairs(value)])
-    return "\n\n".join("\n".join(block) for block in blocks) + "\n"
-
-
-def _pairs(table: Mapping[str, Any]) -> list[str]:
-    return [f"{_key(k)} = {_literal(v)}" for k, v in table.items()]
-
-
-def _key(key: str) -> str:
-    return key if re.fullmatch(r"[A-Za-z0-9_\-]+", key) else _literal(key)
-
-
-def _literal(value: Any) -> str:
-    """A TOML literal for the values a study file holds."""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int):
-        return str(value)
-    if isinstance(value, float):
-        if not math.isfinite(value):
-            raise ValueError(f"TOML has no literal for {value!r} in a study file")
-        return repr(value)
-    if isinstance(value, str):
-        return json.dumps(value, ensure_ascii=False).replace("\x7f", "\\u007f")
-    if isinstance(value, datetime.date):
-        return value.isoformat()
-    if isinstance(value, list | tuple):
-        return "[" + ", ".join(_literal(v) for v in value) + "]"
-    if isinstance(value, Mapping):
-        return "{ " + ", ".join(f"{_key(k)} = {_literal(v)}" for k, v in value.items()) + " }"
-    raise ValueError(f"no TOML literal for {value!r}")
+def _quoted(text: str) -> str:
+    return tomlkit.string(text).as_string()
