@@ -19,13 +19,12 @@ from hpo.cli.common import (
 
 if TYPE_CHECKING:
     import optuna
-    from mlflow import MlflowClient
     from optuna.trial import FrozenTrial
 
     from hpo.analysis.best import HeldOutResult, Retrained
     from hpo.spec.study_file import StudySpec
     from hpo.storage.database import StorageSettings
-    from hpo.tracking.runs import TrackingSettings
+    from hpo.tracking.runs import TrackingClient, TrackingSettings
 
 
 def _add_best_parser(commands: Commands) -> None:
@@ -56,10 +55,11 @@ def _add_best_parser(commands: Commands) -> None:
 def _cmd_best(args: argparse.Namespace) -> int:
     from optuna.trial import TrialState
 
-    from hpo.analysis.best import best_trial, check_model_name, describe_params, retrain
+    from hpo.analysis.best import best_trial, describe_params, retrain
     from hpo.errors import ConfigError
     from hpo.storage.database import resolve_storage
     from hpo.storage.studies import load_existing_study, stored_spec
+    from hpo.tracking.best_model import check_model_name
     from hpo.tracking.runs import make_client, require_enabled
 
     settings, tracking = resolve_storage(args.storage), tracking_from(args)
@@ -120,7 +120,7 @@ def _cmd_best(args: argparse.Namespace) -> int:
 
 def _publish(
     args: argparse.Namespace,
-    client: MlflowClient,
+    client: TrackingClient,
     tracking: TrackingSettings,
     settings: StorageSettings,
     spec: StudySpec,
@@ -129,8 +129,9 @@ def _publish(
     test: HeldOutResult,
 ) -> int:
     """Everything MLflow gets; results are printed already, so a failure here is one line."""
-    from hpo.analysis.best import publish, register
+    from hpo.analysis.best import publish
     from hpo.errors import ConfigError
+    from hpo.tracking.best_model import register_model
     from hpo.tracking.runs import ensure_parent_run
 
     # Saving copies the network through MLflow's artifact download, with a progress bar.
@@ -143,7 +144,8 @@ def _publish(
         print(f"  model: {model_uri}")
         if args.register is not None:
             step = f"registering the model as {args.register!r}"
-            version = register(client, args.register, parent, trial_number=retrained.trial.number)
+            number = retrained.trial.number
+            version = register_model(client, args.register, parent, trial_number=number)
             print(f"  registered: {args.register!r} version {version.version}")
     except ConfigError:
         raise
@@ -158,12 +160,12 @@ def _publish(
 
 
 def _run_id_text(
-    client: MlflowClient | None,
+    client: TrackingClient | None,
     tracking: TrackingSettings,
     study: optuna.Study,
     trial: FrozenTrial,
 ) -> str:
-    from hpo.analysis.best import find_run_id
+    from hpo.tracking.lookup import find_run_id
     from hpo.tracking.runs import RUN_ID_ATTR
 
     if client is None:

@@ -31,6 +31,10 @@ if TYPE_CHECKING:
 
     from hpo.spec.study_file import StudySpec
 
+    # What `make_client` returns, by the name the layers above use: they hold a client and
+    # hand it back to functions here, never importing MLflow themselves.
+    TrackingClient = MlflowClient
+
 logger = logging.getLogger(__name__)
 
 TRACKING_URI_ENV = "MLFLOW_TRACKING_URI"
