@@ -53,40 +53,74 @@ def _add_best_parser(commands: Commands) -> None:
 
 
 def _cmd_best(args: argparse.Namespace) -> int:
-    from optuna.trial import TrialState
-
-    from hpo.analysis.best import best_trial, describe_params, retrain
-    from hpo.errors import ConfigError
+    from hpo.analysis.best import best_trial
     from hpo.storage.database import resolve_storage
     from hpo.storage.studies import load_existing_study, stored_spec
-    from hpo.tracking.best_model import check_model_name
-    from hpo.tracking.runs import make_client, require_enabled
+    from hpo.tracking.runs import make_client
 
     settings, tracking = resolve_storage(args.storage), tracking_from(args)
+    _check_register(args, tracking)
+    study = load_existing_study(settings, args.name)
+    spec = stored_spec(study)
+    if args.retrain:
+        spec.require_training("hpo best --retrain")
+    trial = best_trial(study)
+    client = make_client(tracking) if tracking.enabled else None
+    _show_best(args.name, study, spec, trial, _run_id_text(client, tracking, study, trial))
+    if not args.retrain:
+        return EXIT_OK
+    retrained = _retrain(spec, trial)
+    if retrained is None:
+        return EXIT_FAILURE
+
+    from hpo.analysis.best import evaluate_on_test
+
+    test = evaluate_on_test(retrained)
+    print(
+        f"test split ({test.n_samples} samples, {test.source}): loss {test.loss:.6g}, "
+        f"acc {test.acc:.6g}"
+    )
+    if client is None:
+        return EXIT_OK
+    return _publish(args, client, tracking, settings, spec, study, retrained, test)
+
+
+def _check_register(args: argparse.Namespace, tracking: TrackingSettings) -> None:
+    """--register needs MLflow, --retrain and a name the registry takes: said before any work."""
+    from hpo.errors import ConfigError
+    from hpo.tracking.best_model import check_model_name
+    from hpo.tracking.runs import require_enabled
+
     if args.register is not None:
         require_enabled(tracking, "--register")
         if not args.retrain:
             raise ConfigError("--register registers the model that --retrain logs; add --retrain")
         check_model_name(args.register)
-    study = load_existing_study(settings, args.name)
-    spec = stored_spec(study)
-    if args.retrain:
-        spec.require_training("hpo best --retrain")
-    metric = spec.study.metric
-    trial = best_trial(study)
-    client = make_client(tracking) if tracking.enabled else None
+
+
+def _show_best(
+    name: str, study: optuna.Study, spec: StudySpec, trial: FrozenTrial, run_id_text: str
+) -> None:
+    from optuna.trial import TrialState
+
+    from hpo.analysis.best import describe_params
 
     n_complete = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
     print(
-        f"{args.name}: best of {n_complete} completed trials is trial {trial.number}: "
-        f"{metric} {trial.value!r}"
+        f"{name}: best of {n_complete} completed trials is trial {trial.number}: "
+        f"{spec.study.metric} {trial.value!r}"
     )
     print(f"  params: {describe_params(trial.params)}")
     print(f"  seed: {trial.user_attrs.get('seed', 'unknown')}")
-    print(f"  MLflow run: {_run_id_text(client, tracking, study, trial)}")
-    if not args.retrain:
-        return EXIT_OK
+    print(f"  MLflow run: {run_id_text}")
 
+
+def _retrain(spec: StudySpec, trial: FrozenTrial) -> Retrained | None:
+    """The best trial trained again, with a progress bar; None (and why, on stderr) if it did
+    not reproduce the recorded value, so that the test split stays unused."""
+    from hpo.analysis.best import retrain
+
+    metric = spec.study.metric
     epochs = progress_bar(spec.base.epochs, f"retraining trial {trial.number}", unit="epoch")
     try:
         retrained = retrain(spec, trial, on_epoch_end=lambda epoch, _metrics: epochs.update())
@@ -104,18 +138,8 @@ def _cmd_best(args: argparse.Namespace) -> int:
             "same parameters and seed; the test split was not used",
             file=sys.stderr,
         )
-        return EXIT_FAILURE
-
-    from hpo.analysis.best import evaluate_on_test
-
-    test = evaluate_on_test(retrained)
-    print(
-        f"test split ({test.n_samples} samples, {test.source}): loss {test.loss:.6g}, "
-        f"acc {test.acc:.6g}"
-    )
-    if client is None:
-        return EXIT_OK
-    return _publish(args, client, tracking, settings, spec, study, retrained, test)
+        return None
+    return retrained
 
 
 def _publish(
