@@ -32,7 +32,6 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-
 EXAMPLE_ROWS = 5  # validation rows saved as the model's input example
 _UNFINISHED = {
     TrialState.PRUNED: "pruned",
@@ -145,7 +144,7 @@ def evaluate_on_test(retrained: Retrained) -> HeldOutResult:
     return HeldOutResult(float(loss), float(acc), len(t_test), retrained.splits.test_source)
 
 
-# -- MLflow: the model on the parent run ---------------------------------------------------
+# -- MLflow: the model on the parent run -----------------------------------------------------
 
 
 def publish(
