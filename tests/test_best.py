@@ -22,11 +22,13 @@ import optuna
 import pytest
 from threadpoolctl import threadpool_limits
 
-from hpo.analysis.best import best_trial, find_run_id, register, retrain
+from hpo.analysis.best import best_trial, retrain
 from hpo.cli import main
 from hpo.spec.study_file import load_study_file
 from hpo.storage.database import resolve_storage
 from hpo.storage.studies import prepare_study, stored_spec
+from hpo.tracking.best_model import register_model
+from hpo.tracking.lookup import find_run_id
 from hpo.tracking.runs import StudyRun, TrackingSettings
 
 HPO = [sys.executable, "-m", "hpo.cli"]
@@ -223,7 +225,8 @@ def test_retrain_publishes_and_registers_a_model_that_predicts_like_the_trainer(
 
     # Registering the same trial's model again adds no version.
     run = StudyRun(parent.info.experiment_id, parent_id, parent.data.tags["hpo.study_uid"])
-    assert register(client, model_name, run, trial_number=number).version == versions[0].version
+    again = register_model(client, model_name, run, trial_number=number)
+    assert again.version == versions[0].version
     assert len(client.search_model_versions(f"name = '{model_name}'")) == 1
 
 

@@ -185,3 +185,16 @@ def test_histogram_counts_the_range_ends_inside():
     a = np.array([0.0, 0.25, 0.5, 1.0, 1.5, -0.5])
     layer = histogram(a, bins=2, value_range=(0.0, 1.0))
     assert (layer["counts"], layer["below"], layer["above"]) == ([2, 2], 1, 1)
+
+
+def test_every_kind_that_trains_nothing_has_a_trial_and_a_figure():
+    """The layers above spec keep their per-kind behaviour in registries keyed by the kind's
+    name: each covers exactly the kinds that `hpo.spec.kinds` says train nothing."""
+    from hpo.analysis.probe_report import FIGURES
+    from hpo.engine.probes import PROBES
+    from hpo.spec.kinds import STUDY_KINDS
+
+    probe_kinds = {name for name, kind in STUDY_KINDS.items() if not kind.trains}
+    assert probe_kinds == {"optimizer_paths", "activations"}
+    assert set(PROBES) == probe_kinds
+    assert set(FIGURES) == probe_kinds

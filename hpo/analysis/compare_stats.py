@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import statistics
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import date
 
@@ -75,78 +76,22 @@ def _better(a: float, b: float, maximize: bool) -> bool:
 def summarize(
     rows: list[Row], *, n_trials: int, epochs: int, maximize: bool, reference: str | None
 ) -> Summary:
-    trial_rows = [r for r in rows if r.kind == "trial"]
+    """Each arm's numbers over its seeds, then how each compares with the reference arm."""
     by_arm: dict[str, dict[int, list[Row]]] = {}
-    for row in trial_rows:
-        by_arm.setdefault(row.arm, {}).setdefault(row.seed, []).append(row)
-    arms: dict[str, ArmSummary] = {}
-    for arm, seeds in by_arm.items():
-        summary = ArmSummary(arm, sorted(seeds))
-        for seed, seed_rows in seeds.items():
-            finished = sorted(
-                (r for r in seed_rows if r.index is not None), key=lambda r: r.finished_index
-            )
-            by_index = {r.index: r for r in finished}
-            final = by_index.get(n_trials)
-            if final is not None and final.best_so_far is not None:
-                summary.finals[seed] = final.best_so_far
-            summary.epochs_total[seed] = sum(r.epochs for r in finished)
-            summary.trial_time[seed] = sum(r.duration_s or 0.0 for r in seed_rows)
-            pruned = [r for r in finished if r.state == "PRUNED"]
-            summary.pruned[seed] = len(pruned)
-            summary.epochs_saved[seed] = sum(epochs - r.epochs for r in pruned)
-            for r in seed_rows:
-                if r.test_acc is not None:
-                    summary.test_acc[seed] = r.test_acc
-                if r.full_length_value is not None:
-                    summary.audited += 1
-                    best = summary.finals.get(seed)
-                    if (
-                        best is not None
-                        and _better(r.full_length_value, best, maximize)
-                        and (r.full_length_value != best)
-                    ):
-                        summary.audit_would_beat += 1
-        for fraction in CHECKPOINTS:
-            index = budget_index(fraction, n_trials)
-            values = []
-            for seed_rows in seeds.values():
-                hit = next((r for r in seed_rows if r.index == index), None)
-                if hit is not None and hit.best_so_far is not None:
-                    values.append(hit.best_so_far)
-            summary.at_checkpoint[fraction] = Spread.of(values)
-        arms[arm] = summary
-
+    for row in rows:
+        if row.kind == "trial":
+            by_arm.setdefault(row.arm, {}).setdefault(row.seed, []).append(row)
+    arms = {
+        arm: _arm_summary(arm, seeds, n_trials=n_trials, epochs=epochs, maximize=maximize)
+        for arm, seeds in by_arm.items()
+    }
     target = None
     if reference in arms and arms[reference].finals:
         target = float(statistics.median(arms[reference].finals.values()))
     for arm, summary in arms.items():
-        for seed, seed_rows in by_arm[arm].items():
-            summary.trials_to_target[seed] = summary.epochs_to_target[seed] = None
-            if target is None:
-                continue
-            finished = sorted(
-                (r for r in seed_rows if r.index is not None), key=lambda r: r.finished_index
-            )
-            for r in finished:
-                if r.best_so_far is not None and _better(r.best_so_far, target, maximize):
-                    summary.trials_to_target[seed] = r.index
-                    summary.epochs_to_target[seed] = r.cumulative_epochs
-                    break
+        _reach_target(summary, by_arm[arm], target, maximize)
         if reference in arms and arm != reference:
-            ref = arms[reference]
-            mine = [summary.finals[s] for s in sorted(summary.finals)]
-            theirs = [ref.finals[s] for s in sorted(ref.finals)]
-            if mine and theirs:
-                from scipy.stats import mannwhitneyu
-
-                result = mannwhitneyu(mine, theirs, alternative="two-sided")
-                summary.mann_whitney = (float(result.statistic), float(result.pvalue))
-            summary.paired_test_gain = {
-                s: summary.test_acc[s] - ref.test_acc[s]
-                for s in summary.test_acc
-                if s in ref.test_acc
-            }
+            _against_reference(summary, arms[reference])
     noise_values = [r.value for r in rows if r.kind == "noise" and r.value is not None]
     return Summary(
         n_trials=n_trials,
@@ -159,6 +104,90 @@ def summarize(
         noise_range=(min(noise_values), max(noise_values)) if noise_values else None,
         noise_count=len(noise_values),
     )
+
+
+def _arm_summary(
+    arm: str, seeds: dict[int, list[Row]], *, n_trials: int, epochs: int, maximize: bool
+) -> ArmSummary:
+    """What one arm's seeds did on their own: finals, costs, pruning, audit, checkpoints."""
+    summary = ArmSummary(arm, sorted(seeds))
+    for seed, seed_rows in seeds.items():
+        _add_seed(summary, seed, seed_rows, n_trials=n_trials, epochs=epochs, maximize=maximize)
+    for fraction in CHECKPOINTS:
+        index = budget_index(fraction, n_trials)
+        values = []
+        for seed_rows in seeds.values():
+            hit = next((r for r in seed_rows if r.index == index), None)
+            if hit is not None and hit.best_so_far is not None:
+                values.append(hit.best_so_far)
+        summary.at_checkpoint[fraction] = Spread.of(values)
+    return summary
+
+
+def _add_seed(
+    summary: ArmSummary,
+    seed: int,
+    seed_rows: list[Row],
+    *,
+    n_trials: int,
+    epochs: int,
+    maximize: bool,
+) -> None:
+    finished = sorted(
+        (r for r in seed_rows if r.index is not None), key=lambda r: r.finished_index
+    )
+    by_index = {r.index: r for r in finished}
+    final = by_index.get(n_trials)
+    if final is not None and final.best_so_far is not None:
+        summary.finals[seed] = final.best_so_far
+    summary.epochs_total[seed] = sum(r.epochs for r in finished)
+    summary.trial_time[seed] = sum(r.duration_s or 0.0 for r in seed_rows)
+    pruned = [r for r in finished if r.state == "PRUNED"]
+    summary.pruned[seed] = len(pruned)
+    summary.epochs_saved[seed] = sum(epochs - r.epochs for r in pruned)
+    for r in seed_rows:
+        if r.test_acc is not None:
+            summary.test_acc[seed] = r.test_acc
+        if r.full_length_value is not None:
+            summary.audited += 1
+            best = summary.finals.get(seed)
+            if (
+                best is not None
+                and _better(r.full_length_value, best, maximize)
+                and (r.full_length_value != best)
+            ):
+                summary.audit_would_beat += 1
+
+
+def _reach_target(
+    summary: ArmSummary, seeds: dict[int, list[Row]], target: float | None, maximize: bool
+) -> None:
+    """The trial and the cumulative epochs at which each seed first reached `target`."""
+    for seed, seed_rows in seeds.items():
+        summary.trials_to_target[seed] = summary.epochs_to_target[seed] = None
+        if target is None:
+            continue
+        for r in sorted(
+            (r for r in seed_rows if r.index is not None), key=lambda r: r.finished_index
+        ):
+            if r.best_so_far is not None and _better(r.best_so_far, target, maximize):
+                summary.trials_to_target[seed] = r.index
+                summary.epochs_to_target[seed] = r.cumulative_epochs
+                break
+
+
+def _against_reference(summary: ArmSummary, ref: ArmSummary) -> None:
+    """Mann-Whitney U on the final bests, and the test accuracy gained seed by seed."""
+    mine = [summary.finals[s] for s in sorted(summary.finals)]
+    theirs = [ref.finals[s] for s in sorted(ref.finals)]
+    if mine and theirs:
+        from scipy.stats import mannwhitneyu
+
+        result = mannwhitneyu(mine, theirs, alternative="two-sided")
+        summary.mann_whitney = (float(result.statistic), float(result.pvalue))
+    summary.paired_test_gain = {
+        s: summary.test_acc[s] - ref.test_acc[s] for s in summary.test_acc if s in ref.test_acc
+    }
 
 
 def _median_int(values: list[int | None]) -> float | None:
@@ -190,6 +219,24 @@ def render(
         f"{s.n_trials} trials of at most {s.epochs} epochs each; {data}. Generated "
         f"{date.today().isoformat()} by `{command}`. Every number below is recomputed from "
         "`results.csv`: medians over seeds, [first–third quartile].",
+        *_progress_table(s, metric),
+        *_cost_table(s, ref_epochs),
+        *_test_table(s),
+        *_noise_section(s, metric),
+        *_pruning_sections(s),
+    ]
+    if s.reference:
+        lines += ["", "## Verdict", ""]
+        lines += [
+            _verdict(s, arm, a, ref_epochs) for arm, a in s.arms.items() if arm != s.reference
+        ]
+    lines += ["", "## Figures", ""] + [f"![{f}]({f})" for f in figures]
+    lines += ["", "Parameters of every trial: `results.csv` (`params` column, JSON)."]
+    return "\n".join(lines) + "\n"
+
+
+def _progress_table(s: Summary, metric: str) -> list[str]:
+    lines = [
         "",
         f"## Best {metric} so far, by share of the budget",
         "",
@@ -200,8 +247,12 @@ def render(
         spreads = [a.at_checkpoint.get(f) for f in CHECKPOINTS]
         cells = [spread.text() if spread else "—" for spread in spreads]
         lines.append(f"| {arm} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def _cost_table(s: Summary, ref_epochs: float | None) -> list[str]:
     target_text = f"{s.target:.3f}" if s.target is not None else "—"
-    lines += [
+    lines = [
         "",
         f"## Cost: reaching {s.reference or 'the reference'}'s final median best ({target_text})",
         "",
@@ -220,7 +271,11 @@ def render(
             f"{fraction_text(epochs_needed, ref_epochs) if ref_epochs else '—'} | "
             f"{total_epochs:g} | {statistics.median(a.trial_time.values()):.1f} |"
         )
-    lines += [
+    return lines
+
+
+def _test_table(s: Summary) -> list[str]:
+    lines = [
         "",
         "## Held-out test accuracy of each seed's best configuration, retrained once",
         "",
@@ -235,17 +290,27 @@ def render(
         gain_text = f"{gain.median:+.3f}" if gain else "—"
         mwu = f"U = {a.mann_whitney[0]:g}, p = {a.mann_whitney[1]:.3g}" if a.mann_whitney else "—"
         lines.append(f"| {arm} | {test_text} | {gain_text} | {mwu} |")
-    lines += ["", "## How much is noise", ""]
-    if s.noise is not None and s.noise_range is not None:
-        lines.append(
-            f"The best configuration of the whole comparison, trained {s.noise_count} times with "
-            f"different seeds on the same split, reached {metric} from {s.noise_range[0]:.3f} to "
-            f"{s.noise_range[1]:.3f} (median {s.noise.median:.3f}, quartiles {s.noise.q1:.3f}–"
-            f"{s.noise.q3:.3f}). Differences between arms smaller than that spread are what one "
-            "training run's luck can make: read them as noise, not as a ranking."
-        )
-    else:
-        lines.append("No noise check was run.")
+    return lines
+
+
+def _noise_section(s: Summary, metric: str) -> list[str]:
+    if s.noise is None or s.noise_range is None:
+        return ["", "## How much is noise", "", "No noise check was run."]
+    return [
+        "",
+        "## How much is noise",
+        "",
+        f"The best configuration of the whole comparison, trained {s.noise_count} times with "
+        f"different seeds on the same split, reached {metric} from {s.noise_range[0]:.3f} to "
+        f"{s.noise_range[1]:.3f} (median {s.noise.median:.3f}, quartiles {s.noise.q1:.3f}–"
+        f"{s.noise.q3:.3f}). Differences between arms smaller than that spread are what one "
+        "training run's luck can make: read them as noise, not as a ranking.",
+    ]
+
+
+def _pruning_sections(s: Summary) -> list[str]:
+    """One section per arm that pruned: the epochs it saved, and the winners it may have cost."""
+    lines = []
     for arm, a in s.arms.items():
         if not a.pruned or not any(a.pruned.values()):
             continue
@@ -266,39 +331,37 @@ def render(
                 else "pruning did cost winners."
             ),
         ]
-    if s.reference:
-        lines += ["", "## Verdict", ""]
-        for arm, a in s.arms.items():
-            if arm == s.reference:
-                continue
-            trials = _median_int(list(a.trials_to_target.values()))
-            epochs_needed = _median_int(list(a.epochs_to_target.values()))
-            gain = Spread.of(list(a.paired_test_gain.values()))
-            p = a.mann_whitney[1] if a.mann_whitney else None
-            parts = []
-            if trials is None:
-                parts.append(f"never reached {s.reference}'s median best")
-            else:
-                assert epochs_needed is not None  # set with trials_to_target, from one row
-                share = 100 * trials / s.n_trials
-                epochs_share = 100 * epochs_needed / ref_epochs if ref_epochs else float("nan")
-                parts.append(
-                    f"reached {s.reference}'s median best after {trials:g} trials "
-                    f"({share:.0f}% of the budget) and {epochs_share:.0f}% of its epochs"
-                )
-            if gain is not None:
-                parts.append(f"test accuracy {gain.median:+.3f} against {s.reference} (paired)")
-            if p is not None:
-                plain = (
-                    "a difference unlikely to be chance"
-                    if p < 0.05
-                    else "no evidence of a difference"
-                )
-                parts.append(f"final best p = {p:.3g}: {plain}")
-            lines.append(f"- **{arm}**: " + "; ".join(parts) + ".")
-    lines += ["", "## Figures", ""] + [f"![{f}]({f})" for f in figures]
-    lines += ["", "Parameters of every trial: `results.csv` (`params` column, JSON)."]
-    return "\n".join(lines) + "\n"
+    return lines
+
+
+def _finished_in_order(rows: Sequence[Row]) -> list[Row]:
+    """The rows of finished trials, in the order they finished."""
+    return sorted((r for r in rows if r.index is not None), key=lambda r: r.finished_index)
+
+
+def _verdict(s: Summary, arm: str, a: ArmSummary, ref_epochs: float | None) -> str:
+    """One arm against the reference, in a sentence: cost to its best, test gain, p-value."""
+    trials = _median_int(list(a.trials_to_target.values()))
+    epochs_needed = _median_int(list(a.epochs_to_target.values()))
+    gain = Spread.of(list(a.paired_test_gain.values()))
+    p = a.mann_whitney[1] if a.mann_whitney else None
+    parts = []
+    if trials is None:
+        parts.append(f"never reached {s.reference}'s median best")
+    else:
+        assert epochs_needed is not None  # set with trials_to_target, from one row
+        share = 100 * trials / s.n_trials
+        epochs_share = 100 * epochs_needed / ref_epochs if ref_epochs else float("nan")
+        parts.append(
+            f"reached {s.reference}'s median best after {trials:g} trials "
+            f"({share:.0f}% of the budget) and {epochs_share:.0f}% of its epochs"
+        )
+    if gain is not None:
+        parts.append(f"test accuracy {gain.median:+.3f} against {s.reference} (paired)")
+    if p is not None:
+        plain = "a difference unlikely to be chance" if p < 0.05 else "no evidence of a difference"
+        parts.append(f"final best p = {p:.3g}: {plain}")
+    return f"- **{arm}**: " + "; ".join(parts) + "."
 
 
 def params_of(row: Row) -> dict:

@@ -17,7 +17,7 @@ import math
 import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal, TypedDict, cast
+from typing import TYPE_CHECKING, Any, Literal, TypedDict, cast
 
 import matplotlib
 import numpy as np
@@ -102,24 +102,34 @@ def figure_6_24(
         if index >= len(panels):
             axes.remove()  # the last row's empty places
             continue
-        panel = panels[index]
-        epochs = np.arange(1, len(panel.val_acc) + 1)
-        axes.plot(epochs, panel.val_acc, **VAL_STYLE)
-        axes.plot(np.arange(1, len(panel.train_acc) + 1), panel.train_acc, **TRAIN_STYLE)
-        axes.set_ylim(low, high)
-        axes.yaxis.set_major_locator(MaxNLocator(nbins=5, steps=[1, 2, 2.5, 5, 10]))
-        axes.xaxis.set_major_locator(_epoch_locator(nbins=5))
-        axes.grid(True, alpha=0.3)
-        axes.tick_params(labelsize=7)
-        axes.set_title(
-            panel.title + "\n" + "\n".join(captions[index]), fontsize=7.5, linespacing=1.25
-        )
+        _draw_curve_panel(axes, panels[index], captions[index], ylim=(low, high))
         if index % columns == 0:
             axes.set_ylabel("accuracy", fontsize=7.5)
         if index >= len(panels) - columns:  # the lowest plot of its column
             axes.set_xlabel("epoch", fontsize=7.5)
             axes.xaxis.set_tick_params(labelbottom=True)
     figure.suptitle(title, fontsize=11)
+    _curve_legend(figure, low, cut)
+    return _agg(figure)
+
+
+def _draw_curve_panel(
+    axes: Axes, panel: CurvePanel, caption: list[str], *, ylim: tuple[float, float]
+) -> None:
+    """One trial of figure 6-24: its two curves, titled with its rank, value and parameters."""
+    epochs = np.arange(1, len(panel.val_acc) + 1)
+    axes.plot(epochs, panel.val_acc, **VAL_STYLE)
+    axes.plot(np.arange(1, len(panel.train_acc) + 1), panel.train_acc, **TRAIN_STYLE)
+    axes.set_ylim(*ylim)
+    axes.yaxis.set_major_locator(MaxNLocator(nbins=5, steps=[1, 2, 2.5, 5, 10]))
+    axes.xaxis.set_major_locator(_epoch_locator(nbins=5))
+    axes.grid(True, alpha=0.3)
+    axes.tick_params(labelsize=7)
+    axes.set_title(panel.title + "\n" + "\n".join(caption), fontsize=7.5, linespacing=1.25)
+
+
+def _curve_legend(figure: Figure, low: float, cut: bool) -> None:
+    """Figure 6-24's line styles, below the panels; its title says if the y axis cuts."""
     figure.legend(
         handles=[
             Line2D([], [], **VAL_STYLE, label="validation accuracy"),
@@ -134,7 +144,6 @@ def figure_6_24(
         else None,
         title_fontsize=8,
     )
-    return _agg(figure)
 
 
 def curve_limits(panels: Sequence[CurvePanel]) -> tuple[float, float, bool]:
@@ -203,24 +212,44 @@ def settings_figure(curves: Sequence[SettingCurves], *, title: str) -> Figure:
     grid = figure.subplots(len(groups), 2, squeeze=False, sharex=True, sharey="col")
     for (loss_axes, acc_axes), group in zip(grid, groups, strict=True):
         members = [curve for curve in curves if curve.group == group]
-        for curve in members:
-            colour = colour_of[curve.label]
-            loss_axes.plot(_epochs(curve.train_loss), curve.train_loss, color=colour)
-            acc_axes.plot(_epochs(curve.train_acc), curve.train_acc, color=colour, linestyle="--")
-            acc_axes.plot(_epochs(curve.val_acc), curve.val_acc, color=colour)
-        loss_axes.set(ylabel="training loss", yscale="log")
-        acc_axes.set(ylabel="accuracy", ylim=(0, 1.02))
-        missing = [f"{curve.label} ({curve.note})" for curve in members if curve.note]
-        heading = [group] if group else []
-        if missing:
-            heading.append("no line: " + ", ".join(missing))
-        if heading:
-            loss_axes.set_title("\n".join(heading), loc="left", fontsize="medium")
-        for axes in (loss_axes, acc_axes):
-            axes.grid(alpha=0.3)
-            axes.xaxis.set_major_locator(_epoch_locator())
+        _draw_settings_row(loss_axes, acc_axes, members, group=group, colour_of=colour_of)
     for axes in grid[-1]:
         axes.set_xlabel("epoch")
+    _settings_legend(figure, labels, colour_of)
+    figure.suptitle(title)
+    return _agg(figure)
+
+
+def _draw_settings_row(
+    loss_axes: Axes,
+    acc_axes: Axes,
+    members: Sequence[SettingCurves],
+    *,
+    group: str,
+    colour_of: dict[str, Any],
+) -> None:
+    """One group's settings: losses left, accuracies right; its heading names the settings
+    that have no line."""
+    for curve in members:
+        colour = colour_of[curve.label]
+        loss_axes.plot(_epochs(curve.train_loss), curve.train_loss, color=colour)
+        acc_axes.plot(_epochs(curve.train_acc), curve.train_acc, color=colour, linestyle="--")
+        acc_axes.plot(_epochs(curve.val_acc), curve.val_acc, color=colour)
+    loss_axes.set(ylabel="training loss", yscale="log")
+    acc_axes.set(ylabel="accuracy", ylim=(0, 1.02))
+    missing = [f"{curve.label} ({curve.note})" for curve in members if curve.note]
+    heading = [group] if group else []
+    if missing:
+        heading.append("no line: " + ", ".join(missing))
+    if heading:
+        loss_axes.set_title("\n".join(heading), loc="left", fontsize="medium")
+    for axes in (loss_axes, acc_axes):
+        axes.grid(alpha=0.3)
+        axes.xaxis.set_major_locator(_epoch_locator())
+
+
+def _settings_legend(figure: Figure, labels: list[str], colour_of: dict[str, Any]) -> None:
+    """The settings' colours, then the two line styles, outside the axes on the right."""
     handles = [Line2D([], [], color=colour_of[label], label=label) for label in labels]
     handles += [
         Line2D([], [], linestyle="", label=" "),  # a gap between the settings and the styles
@@ -239,8 +268,6 @@ def settings_figure(curves: Sequence[SettingCurves], *, title: str) -> Figure:
         ncols=math.ceil(len(handles) / 30),
         frameon=False,
     )
-    figure.suptitle(title)
-    return _agg(figure)
 
 
 def _epochs(values: Sequence[float]) -> np.ndarray:
@@ -360,11 +387,7 @@ def lr_weight_decay_figure(
     pruned = [p for p in points if p.pruned and p.value is not None and math.isfinite(p.value)]
     no_value = [p for p in points if p.pruned and p not in pruned]
     cmap = matplotlib.colormaps["viridis" if maximize else "viridis_r"]
-    values = np.array([p.value for p in complete], dtype=float)
-    low, high = (values.min(), values.max()) if len(values) else (0.0, 1.0)
-    if low == high:
-        low, high = low - 0.5 * (abs(low) or 1.0), high + 0.5 * (abs(high) or 1.0)
-    norm = Normalize(low, high)
+    norm = _completed_scale(complete)
 
     figure = Figure(figsize=(7.5, 5.8), layout="constrained")
     axes = figure.subplots()
@@ -377,17 +400,44 @@ def lr_weight_decay_figure(
         axes.set_xlim(*_padded(x_range, log_x))
     if y_range is not None:
         axes.set_ylim(*_padded(y_range, log_y))
-    below = any(norm(_value(p)) < 0 for p in pruned)
-    above = any(norm(_value(p)) > 1 for p in pruned)
-    extend = {(True, True): "both", (True, False): "min", (False, True): "max"}
-    bar = figure.colorbar(
-        mappable, ax=axes, extend=extend.get((below, above), "neither"), shrink=0.9
-    )
+    bar = figure.colorbar(mappable, ax=axes, extend=_beyond_scale(pruned, norm), shrink=0.9)
     bar.set_label(metric_label + ("" if maximize else " (lower is better)"))
     axes.set_xlabel("learning rate (lr)")
     axes.set_ylabel("weight decay (weight_decay_lambda)")
     axes.set_title(title, fontsize=11)
     axes.grid(True, which="major", alpha=0.3)
+    _search_legend(axes, cmap, complete=complete, pruned=pruned, no_value=no_value, best=best)
+    return _agg(figure)
+
+
+def _completed_scale(complete: Sequence[SearchPoint]) -> Normalize:
+    """The colour scale of the lr-weight decay figure: the completed trials' values (0 to 1
+    without any; one value gets a range around it)."""
+    values = np.array([p.value for p in complete], dtype=float)
+    low, high = (values.min(), values.max()) if len(values) else (0.0, 1.0)
+    if low == high:
+        low, high = low - 0.5 * (abs(low) or 1.0), high + 0.5 * (abs(high) or 1.0)
+    return Normalize(low, high)
+
+
+def _beyond_scale(pruned: Sequence[SearchPoint], norm: Normalize) -> str:
+    """The colour bar's `extend`: which of its ends pruned values fall beyond."""
+    below = any(norm(_value(p)) < 0 for p in pruned)
+    above = any(norm(_value(p)) > 1 for p in pruned)
+    extend = {(True, True): "both", (True, False): "min", (False, True): "max"}
+    return extend.get((below, above), "neither")
+
+
+def _search_legend(
+    axes: Axes,
+    cmap: Colormap,
+    *,
+    complete: Sequence[SearchPoint],
+    pruned: Sequence[SearchPoint],
+    no_value: Sequence[SearchPoint],
+    best: SearchPoint | None,
+) -> None:
+    """The lr-weight decay figure's legend, below the axes."""
     # Handles of their own: a collection's first point would give its legend entry a colour.
     handles = [
         _marker("o", f"completed ({len(complete)})", face=cmap(0.75), edge="0.25"),
@@ -402,7 +452,6 @@ def lr_weight_decay_figure(
     axes.legend(
         handles=handles, loc="upper center", bbox_to_anchor=(0.5, -0.12), ncols=2, fontsize=8
     )
-    return _agg(figure)
 
 
 def _scatter_search(
@@ -458,6 +507,12 @@ def _scatter_search(
         return mappable, None
     sign = -1.0 if maximize else 1.0  # ties go to the lower number, as in `ranked_trials`
     best = min(complete, key=lambda p: (sign * _value(p), p.number))
+    _star(axes, best)
+    return mappable, best
+
+
+def _star(axes: Axes, best: SearchPoint) -> None:
+    """The best trial, starred over its point (gid "best")."""
     axes.scatter(
         [best.lr],
         [best.weight_decay],
@@ -470,7 +525,6 @@ def _scatter_search(
         gid="best",
         label=f"best: trial {best.number}",
     )
-    return mappable, best
 
 
 def _value(point: SearchPoint) -> float:

@@ -273,15 +273,7 @@ def narrow_param(
         raise ValueError(f"narrow_param needs a float or int setting and values, got {param}")
     scale = _Scale(param)
     us = [scale.to(v) for v in values]
-    a, b = min(us), max(us)
-    lo, hi = a - margin * (b - a), b + margin * (b - a)
-    min_width = MIN_WIDTH_FRACTION * scale.width
-    if hi - lo < min_width:
-        centre = (a + b) / 2
-        lo, hi = centre - min_width / 2, centre + min_width / 2
-    lo, hi = max(lo, scale.low), min(hi, scale.high)
-    if hi - lo < min_width:  # clipped at one end: keep the width inside the range
-        lo, hi = (lo, lo + min_width) if lo == scale.low else (hi - min_width, hi)
+    lo, hi = _span(scale, us, margin)
     zone = EDGE_FRACTION * scale.width
     phrases = [
         f"the top value {fmt(values[0])}"
@@ -294,38 +286,67 @@ def narrow_param(
         ("low", scale.low, lo, [x <= scale.low + zone for x in us]),
         ("high", scale.high, hi, [x >= scale.high - zone for x in us]),
     ):
-        old = getattr(param, end)
-        crowd = _crowding(end, inside, best_inside=inside[0])
-        if crowd is not None:
-            if widen:
-                ends[end], limit = _widened(param, end)
-                actions[end] = WIDENED if ends[end] != old else KEPT
-                if ends[end] == old:
-                    how = f"kept: {crowd}, but it is the setting's limit ({limit})"
-                elif limit is not None:
-                    how = f"widened to {_end(ends[end])}, the last valid value ({limit}): {crowd}"
-                else:
-                    by = "a decade" if param.log else "the old width"
-                    how = f"widened by {by} to {_end(ends[end])}: {crowd}"
-                phrases.append(f"{end} end {_end(old)} {how}")
-            else:
-                ends[end], actions[end] = old, KEPT
-                beyond = "below" if end == "low" else "above"
-                phrases.append(
-                    f"{end} end {_end(old)} kept: {crowd}, so the optimum may lie {beyond} it "
-                    "(--widen extends it)"
-                )
-        elif u == bound:
-            ends[end], actions[end] = old, KEPT
-            phrases.append(f"{end} end {_end(old)} kept: the margin reaches it")
-        else:
-            ends[end] = scale.rounded(u, end)
-            actions[end] = NARROWED if ends[end] != old else KEPT
-            phrases.append(f"{end} end {_end(old)} -> {_end(ends[end])}")
+        ends[end], actions[end], phrase = _new_end(param, scale, end, bound, u, inside, widen)
+        phrases.append(phrase)
     new = replace(param, low=ends["low"], high=ends["high"])
     return RangeChange(
         param.name, param, new, actions["low"], actions["high"], "; ".join(phrases), tuple(values)
     )
+
+
+def _span(scale: _Scale, us: list[float], margin: float) -> tuple[float, float]:
+    """The top values' span on the setting's scale, with `margin` of it on each side, at
+    least the minimum width, and inside the setting's range."""
+    a, b = min(us), max(us)
+    lo, hi = a - margin * (b - a), b + margin * (b - a)
+    min_width = MIN_WIDTH_FRACTION * scale.width
+    if hi - lo < min_width:
+        centre = (a + b) / 2
+        lo, hi = centre - min_width / 2, centre + min_width / 2
+    lo, hi = max(lo, scale.low), min(hi, scale.high)
+    if hi - lo < min_width:  # clipped at one end: keep the width inside the range
+        lo, hi = (lo, lo + min_width) if lo == scale.low else (hi - min_width, hi)
+    return lo, hi
+
+
+def _new_end(
+    param: ParamSpec,
+    scale: _Scale,
+    end: str,
+    bound: float,
+    u: float,
+    inside: list[bool],
+    widen: bool,
+) -> tuple[Any, str, str]:
+    """One end of the new range: (its value, what was done, the phrase that says why).
+
+    Top values crowding the end keep it (or, with `widen`, push it out); otherwise it moves
+    to the narrowed span `u`, unless the span reaches the old end `bound`.
+    """
+    old = getattr(param, end)
+    crowd = _crowding(end, inside, best_inside=inside[0])
+    if crowd is not None and widen:
+        value, limit = _widened(param, end)
+        if value == old:
+            how = f"kept: {crowd}, but it is the setting's limit ({limit})"
+        elif limit is not None:
+            how = f"widened to {_end(value)}, the last valid value ({limit}): {crowd}"
+        else:
+            by = "a decade" if param.log else "the old width"
+            how = f"widened by {by} to {_end(value)}: {crowd}"
+        return value, WIDENED if value != old else KEPT, f"{end} end {_end(old)} {how}"
+    if crowd is not None:
+        beyond = "below" if end == "low" else "above"
+        return (
+            old,
+            KEPT,
+            f"{end} end {_end(old)} kept: {crowd}, so the optimum may lie {beyond} it "
+            "(--widen extends it)",
+        )
+    if u == bound:
+        return old, KEPT, f"{end} end {_end(old)} kept: the margin reaches it"
+    value = scale.rounded(u, end)
+    return value, NARROWED if value != old else KEPT, f"{end} end {_end(old)} -> {_end(value)}"
 
 
 def _check_margin(margin: float) -> None:

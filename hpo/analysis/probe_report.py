@@ -10,7 +10,7 @@ computed again: the paths and the counts come from the trials' user attributes (
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from itertools import product
 from typing import TYPE_CHECKING, Any
@@ -207,24 +207,37 @@ def activations_figure(rows: Sequence[HistogramRow], *, title: str) -> Figure:
 
 def probe_figures(study: optuna.Study, spec: StudySpec) -> dict[str, Figure]:
     """The figure of a study that trains nothing, by file name."""
-    name = study.study_name
-    if spec.study.kind == "optimizer_paths":
-        panels = path_panels(study, spec)
-        steps = spec.probe.steps if isinstance(spec.probe, PathsSettings) else "?"
-        return {
-            PATHS_FIGURE: paths_figure(
-                panels,
-                title=f"{name}: {len(panels)} optimizers, {steps} updates on "
-                "f(x, y) = x²/20 + y² (figures 6-3, 6-5, 6-6, 6-8)",
-            )
-        }
+    return FIGURES[spec.study.kind](study, spec)
+
+
+def _paths_figures(study: optuna.Study, spec: StudySpec) -> dict[str, Figure]:
+    panels = path_panels(study, spec)
+    steps = spec.probe.steps if isinstance(spec.probe, PathsSettings) else "?"
+    return {
+        PATHS_FIGURE: paths_figure(
+            panels,
+            title=f"{study.study_name}: {len(panels)} optimizers, {steps} updates on "
+            "f(x, y) = x²/20 + y² (figures 6-3, 6-5, 6-6, 6-8)",
+        )
+    }
+
+
+def _activations_figures(study: optuna.Study, spec: StudySpec) -> dict[str, Figure]:
     rows = histogram_rows(study, spec)
     sizes = spec.base.hidden_size_list
     n_inputs = spec.probe.n_inputs if isinstance(spec.probe, ActivationSettings) else "?"
     return {
         ACTIVATIONS_FIGURE: activations_figure(
             rows,
-            title=f"{name}: activations of {len(sizes)} hidden layers of {sizes[0]} units for "
-            f"{n_inputs:,} random inputs, untrained (figures 6-10 to 6-14)",
+            title=f"{study.study_name}: activations of {len(sizes)} hidden layers of "
+            f"{sizes[0]} units for {n_inputs:,} random inputs, untrained "
+            "(figures 6-10 to 6-14)",
         )
     }
+
+
+# The figures of each kind that trains nothing, by the kind's name.
+FIGURES: Mapping[str, Callable[[optuna.Study, StudySpec], dict[str, Figure]]] = {
+    "optimizer_paths": _paths_figures,
+    "activations": _activations_figures,
+}

@@ -3,7 +3,7 @@
 Reads the study and never writes to it (only `log_report`, for a study never mirrored to this
 tracking store, creates its parent run, which records the run's id in the study as `hpo run`
 would). The figures themselves are drawn in `hpo.analysis.figures`; this module gathers their
-data from the trials and saves them. MLflow is imported only by `log_report`.
+data from the trials and saves them; `log_report` hands the files to `hpo.tracking.reports`.
 """
 
 from __future__ import annotations
@@ -30,14 +30,14 @@ from hpo.analysis.listing import (
 )
 from hpo.spec.outcomes import COUNTED
 from hpo.spec.space import same_value
+from hpo.tracking.reports import log_files_to_parent_run
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
-    from mlflow import MlflowClient
 
     from hpo.spec.study_file import StudySpec
     from hpo.storage.database import StorageSettings
-    from hpo.tracking.runs import StudyRun, TrackingSettings
+    from hpo.tracking.runs import StudyRun, TrackingClient, TrackingSettings
 
 logger = logging.getLogger(__name__)
 
@@ -428,7 +428,7 @@ def _remove(directory: Path, names: list[str] | tuple[str, ...]) -> tuple[Path, 
 
 
 def log_report(
-    client: MlflowClient,
+    client: TrackingClient,
     tracking: TrackingSettings,
     storage: StorageSettings,
     spec: StudySpec,
@@ -437,17 +437,10 @@ def log_report(
 ) -> tuple[StudyRun, bool]:
     """Log the report's files to the study's parent run under `report/`; (run, created).
 
-    The parent run is looked up without writing anything; a study never mirrored to this
-    tracking store gets its parent run created, as `hpo run` would have. Logging again
-    replaces the files; only this report's files are logged, not everything in its directory.
+    A study never mirrored to this tracking store gets its parent run created, as `hpo run`
+    would have. Logging again replaces the files; only this report's files are logged, not
+    everything in its directory.
     """
-    from hpo.analysis.best import find_parent_run
-    from hpo.tracking.runs import ensure_parent_run
-
-    parent = find_parent_run(client, tracking, study)
-    created = parent is None
-    if parent is None:
-        parent = ensure_parent_run(client, tracking, storage, spec, study)
-    for path in report.written:
-        client.log_artifact(parent.run_id, str(path), artifact_path=ARTIFACT_PATH)
-    return parent, created
+    return log_files_to_parent_run(
+        client, tracking, storage, spec, study, report.written, artifact_path=ARTIFACT_PATH
+    )

@@ -19,13 +19,12 @@ from hpo.cli.common import (
 
 if TYPE_CHECKING:
     import optuna
-    from mlflow import MlflowClient
     from optuna.trial import FrozenTrial
 
     from hpo.analysis.best import HeldOutResult, Retrained
     from hpo.spec.study_file import StudySpec
     from hpo.storage.database import StorageSettings
-    from hpo.tracking.runs import TrackingSettings
+    from hpo.tracking.runs import TrackingClient, TrackingSettings
 
 
 def _add_best_parser(commands: Commands) -> None:
@@ -54,38 +53,73 @@ def _add_best_parser(commands: Commands) -> None:
 
 
 def _cmd_best(args: argparse.Namespace) -> int:
-    from optuna.trial import TrialState
-
-    from hpo.analysis.best import best_trial, check_model_name, describe_params, retrain
+    from hpo.analysis.best import best_trial
     from hpo.analysis.results import open_study
-    from hpo.errors import ConfigError
     from hpo.storage.database import resolve_storage
-    from hpo.tracking.runs import make_client, require_enabled
+    from hpo.tracking.runs import make_client
 
     settings, tracking = resolve_storage(args.storage), tracking_from(args)
+    _check_register(args, tracking)
+    study, spec = open_study(args.name, storage=settings)
+    if args.retrain:
+        spec.require_training("hpo best --retrain")
+    trial = best_trial(study)
+    client = make_client(tracking) if tracking.enabled else None
+    _show_best(args.name, study, spec, trial, _run_id_text(client, tracking, study, trial))
+    if not args.retrain:
+        return EXIT_OK
+    retrained = _retrain(spec, trial)
+    if retrained is None:
+        return EXIT_FAILURE
+
+    from hpo.analysis.best import evaluate_on_test
+
+    test = evaluate_on_test(retrained)
+    print(
+        f"test split ({test.n_samples} samples, {test.source}): loss {test.loss:.6g}, "
+        f"acc {test.acc:.6g}"
+    )
+    if client is None:
+        return EXIT_OK
+    return _publish(args, client, tracking, settings, spec, study, retrained, test)
+
+
+def _check_register(args: argparse.Namespace, tracking: TrackingSettings) -> None:
+    """--register needs MLflow, --retrain and a name the registry takes: said before any work."""
+    from hpo.errors import ConfigError
+    from hpo.tracking.best_model import check_model_name
+    from hpo.tracking.runs import require_enabled
+
     if args.register is not None:
         require_enabled(tracking, "--register")
         if not args.retrain:
             raise ConfigError("--register registers the model that --retrain logs; add --retrain")
         check_model_name(args.register)
-    study, spec = open_study(args.name, storage=settings)
-    if args.retrain:
-        spec.require_training("hpo best --retrain")
-    metric = spec.study.metric
-    trial = best_trial(study)
-    client = make_client(tracking) if tracking.enabled else None
+
+
+def _show_best(
+    name: str, study: optuna.Study, spec: StudySpec, trial: FrozenTrial, run_id_text: str
+) -> None:
+    from optuna.trial import TrialState
+
+    from hpo.analysis.best import describe_params
 
     n_complete = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
     print(
-        f"{args.name}: best of {n_complete} completed trials is trial {trial.number}: "
-        f"{metric} {trial.value!r}"
+        f"{name}: best of {n_complete} completed trials is trial {trial.number}: "
+        f"{spec.study.metric} {trial.value!r}"
     )
     print(f"  params: {describe_params(trial.params)}")
     print(f"  seed: {trial.user_attrs.get('seed', 'unknown')}")
-    print(f"  MLflow run: {_run_id_text(client, tracking, study, trial)}")
-    if not args.retrain:
-        return EXIT_OK
+    print(f"  MLflow run: {run_id_text}")
 
+
+def _retrain(spec: StudySpec, trial: FrozenTrial) -> Retrained | None:
+    """The best trial trained again, with a progress bar; None (and why, on stderr) if it did
+    not reproduce the recorded value, so that the test split stays unused."""
+    from hpo.analysis.best import retrain
+
+    metric = spec.study.metric
     epochs = progress_bar(spec.base.epochs, f"retraining trial {trial.number}", unit="epoch")
     try:
         retrained = retrain(spec, trial, on_epoch_end=lambda epoch, _metrics: epochs.update())
@@ -103,23 +137,13 @@ def _cmd_best(args: argparse.Namespace) -> int:
             "same parameters and seed; the test split was not used",
             file=sys.stderr,
         )
-        return EXIT_FAILURE
-
-    from hpo.analysis.best import evaluate_on_test
-
-    test = evaluate_on_test(retrained)
-    print(
-        f"test split ({test.n_samples} samples, {test.source}): loss {test.loss:.6g}, "
-        f"acc {test.acc:.6g}"
-    )
-    if client is None:
-        return EXIT_OK
-    return _publish(args, client, tracking, settings, spec, study, retrained, test)
+        return None
+    return retrained
 
 
 def _publish(
     args: argparse.Namespace,
-    client: MlflowClient,
+    client: TrackingClient,
     tracking: TrackingSettings,
     settings: StorageSettings,
     spec: StudySpec,
@@ -128,8 +152,9 @@ def _publish(
     test: HeldOutResult,
 ) -> int:
     """Everything MLflow gets; results are printed already, so a failure here is one line."""
-    from hpo.analysis.best import publish, register
+    from hpo.analysis.best import publish
     from hpo.errors import ConfigError
+    from hpo.tracking.best_model import register_model
     from hpo.tracking.runs import ensure_parent_run
 
     # Saving copies the network through MLflow's artifact download, with a progress bar.
@@ -142,7 +167,8 @@ def _publish(
         print(f"  model: {model_uri}")
         if args.register is not None:
             step = f"registering the model as {args.register!r}"
-            version = register(client, args.register, parent, trial_number=retrained.trial.number)
+            number = retrained.trial.number
+            version = register_model(client, args.register, parent, trial_number=number)
             print(f"  registered: {args.register!r} version {version.version}")
     except ConfigError:
         raise
@@ -157,12 +183,12 @@ def _publish(
 
 
 def _run_id_text(
-    client: MlflowClient | None,
+    client: TrackingClient | None,
     tracking: TrackingSettings,
     study: optuna.Study,
     trial: FrozenTrial,
 ) -> str:
-    from hpo.analysis.best import find_run_id
+    from hpo.tracking.lookup import find_run_id
     from hpo.tracking.runs import RUN_ID_ATTR
 
     if client is None:

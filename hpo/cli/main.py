@@ -56,14 +56,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         _blas.single_blas_thread()
     parser = build_parser()
     args = parser.parse_args(argv)
-    level = (logging.WARNING, logging.INFO, logging.DEBUG)[min(args.verbose, 2)]
-    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
-    import optuna
-
-    optuna.logging.set_verbosity(level)
+    _configure_logging(args.verbose)
     from hpo.engine.signals import stop_on_signals
     from hpo.errors import ConfigError
-    from hpo.storage.retry import StorageUnreachable, describe_error, is_disk_full, is_transient
+    from hpo.storage.retry import StorageUnreachable
     from trainer import TrainingDiverged
     from trainer.data import DatasetError
 
@@ -96,23 +92,43 @@ def main(argv: Sequence[str] | None = None) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return EXIT_BROKEN_PIPE
     except Exception as error:
-        if is_disk_full(error):
-            print(
-                f"hpo {args.command}: error: out of disk space ({describe_error(error)}); free "
-                "some, then run the same command again: a trial this left running is failed "
-                "and retried once its grace period has passed",
-                file=sys.stderr,
-            )
-            return EXIT_USAGE
-        if not is_transient(error):
+        status = _storage_trouble(args.command, error)
+        if status is None:
             raise
-        # A storage that went away where nothing waits for it (a read after the run, say).
+        return status
+
+
+def _configure_logging(verbose: int) -> None:
+    """-v for INFO, -vv for DEBUG, Optuna's logging at the same level."""
+    level = (logging.WARNING, logging.INFO, logging.DEBUG)[min(verbose, 2)]
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    import optuna
+
+    optuna.logging.set_verbosity(level)
+
+
+def _storage_trouble(command: str, error: Exception) -> int | None:
+    """One line and an exit status for a full disk or a storage that went away; None for
+    anything else, which is a bug to show in full."""
+    from hpo.storage.retry import describe_error, is_disk_full, is_transient
+
+    if is_disk_full(error):
         print(
-            f"hpo {args.command}: the storage could not be reached ({describe_error(error)}); "
-            "nothing was lost: run the same command again once it is back",
+            f"hpo {command}: error: out of disk space ({describe_error(error)}); free "
+            "some, then run the same command again: a trial this left running is failed "
+            "and retried once its grace period has passed",
             file=sys.stderr,
         )
-        return EXIT_FAILURE
+        return EXIT_USAGE
+    if not is_transient(error):
+        return None
+    # A storage that went away where nothing waits for it (a read after the run, say).
+    print(
+        f"hpo {command}: the storage could not be reached ({describe_error(error)}); "
+        "nothing was lost: run the same command again once it is back",
+        file=sys.stderr,
+    )
+    return EXIT_FAILURE
 
 
 def _in_cli_terms(error: DatasetError) -> str:

@@ -37,7 +37,13 @@ def _add_train_parser(commands: Commands) -> None:
         description="Train the chapter's network once on a training split, reporting the "
         "validation split after every epoch. The test split is never touched.",
     )
-    data = p.add_argument_group("data")
+    _add_data_flags(p.add_argument_group("data"))
+    _add_network_flags(p.add_argument_group("network"))
+    _add_training_flags(p.add_argument_group("training"))
+    p.set_defaults(handler=_cmd_train)
+
+
+def _add_data_flags(data: argparse._ArgumentGroup) -> None:
     data.add_argument(
         "--dataset",
         default="digits",
@@ -57,7 +63,8 @@ def _add_train_parser(commands: Commands) -> None:
     data.add_argument("--n-samples", type=int, help="use only the first N samples (the book: 500)")
     data.add_argument("--val-fraction", type=float, default=0.2)
 
-    model = p.add_argument_group("network")
+
+def _add_network_flags(model: argparse._ArgumentGroup) -> None:
     # Each flag is spelled as its study-file key (hidden_size_list: --hidden-size-list); the
     # short spellings of earlier versions still work.
     model.add_argument(
@@ -92,7 +99,8 @@ def _add_train_parser(commands: Commands) -> None:
     )  # fmt: skip
     model.add_argument("--dtype", default="float32", help="float32 or float64")
 
-    fit = p.add_argument_group("training")
+
+def _add_training_flags(fit: argparse._ArgumentGroup) -> None:
     fit.add_argument(
         "--optimizer", default="adam", help="sgd, momentum, nesterov, adagrad, rmsprop or adam"
     )
@@ -104,7 +112,6 @@ def _add_train_parser(commands: Commands) -> None:
         "--seed", type=int, default=0, help="drives split, initialisation, dropout and shuffling"
     )
     fit.add_argument("--save", metavar="FILE.npz", help="save the trained network")
-    p.set_defaults(handler=_cmd_train)
 
 
 def _cmd_train(args: argparse.Namespace) -> int:

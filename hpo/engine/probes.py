@@ -19,6 +19,7 @@ Like `hpo.engine.objective`, pure apart from the trial it is given.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
 import numpy as np
@@ -27,7 +28,7 @@ from numpy.typing import NDArray
 
 from hpo.engine.objective import TrialObserver, trial_seed
 from hpo.spec.config import TrainConfig
-from hpo.spec.kinds import ActivationSettings, PathsSettings
+from hpo.spec.probe_settings import ActivationSettings, PathsSettings
 from hpo.spec.seeds import INIT_STREAM, derive_seed
 from hpo.spec.study_file import StudySpec
 from trainer import Optimizer
@@ -134,10 +135,11 @@ class ProbeObjective:
     """
 
     def __init__(self, spec: StudySpec, *, observers: tuple[TrialObserver, ...] = ()) -> None:
-        if spec.probe is None:
+        if spec.kind.trains:
             raise ValueError(f"study {spec.study.name!r} trains networks: use Objective")
         self.spec = spec
         self.observers = observers
+        self._probe = PROBES[spec.kind.name]
 
     def __call__(self, trial: optuna.trial.BaseTrial) -> float:
         config = self.spec.space.suggest(trial, self.spec.base)
@@ -145,7 +147,7 @@ class ProbeObjective:
         for observer in self.observers:
             observer.trial_started(trial, seed)
         try:
-            value, attrs = self._probe(config, seed)
+            value, attrs = self._probe(self.spec, config, seed)
             for key, attr in attrs.items():
                 trial.set_user_attr(key, attr)
         except Exception as error:
@@ -156,18 +158,37 @@ class ProbeObjective:
                 observer.trial_ending(trial)
         return value
 
-    def _probe(self, config: TrainConfig, seed: int) -> tuple[float, dict[str, Any]]:
-        probe = self.spec.probe
-        if isinstance(probe, PathsSettings):
-            lr = probe.lr[config.optimizer]
-            optimizer = config.replace(lr=lr).build_optimizer()
-            xs, ys = optimizer_path(optimizer, probe.start, probe.steps)
-            return f(xs[-1], ys[-1]), {"path": {"x": xs, "y": ys}, "lr": lr}
-        assert isinstance(probe, ActivationSettings)
-        result = activation_histograms(
-            config,
-            probe,
-            input_seed=derive_seed(self.spec.study.seed, INPUT_STREAM),
-            init_seed=derive_seed(seed, INIT_STREAM),
-        )
-        return spread_entropy(result["layers"][-1]), {"histograms": result}
+
+# What a trial computes, by kind: its value and the user attributes its figure is drawn from.
+ProbeTrial = Callable[[StudySpec, TrainConfig, int], tuple[float, dict[str, Any]]]
+
+
+def _path_trial(spec: StudySpec, config: TrainConfig, seed: int) -> tuple[float, dict[str, Any]]:
+    """The searched optimizer's path, with the learning rate [paths] gives it; f at its end."""
+    probe = spec.probe
+    assert isinstance(probe, PathsSettings)
+    lr = probe.lr[config.optimizer]
+    optimizer = config.replace(lr=lr).build_optimizer()
+    xs, ys = optimizer_path(optimizer, probe.start, probe.steps)
+    return f(xs[-1], ys[-1]), {"path": {"x": xs, "y": ys}, "lr": lr}
+
+
+def _activations_trial(
+    spec: StudySpec, config: TrainConfig, seed: int
+) -> tuple[float, dict[str, Any]]:
+    """Every hidden layer's histogram; the spread of the last one's."""
+    probe = spec.probe
+    assert isinstance(probe, ActivationSettings)
+    result = activation_histograms(
+        config,
+        probe,
+        input_seed=derive_seed(spec.study.seed, INPUT_STREAM),
+        init_seed=derive_seed(seed, INIT_STREAM),
+    )
+    return spread_entropy(result["layers"][-1]), {"histograms": result}
+
+
+PROBES: Mapping[str, ProbeTrial] = {
+    "optimizer_paths": _path_trial,
+    "activations": _activations_trial,
+}

@@ -37,18 +37,9 @@ from hpo.spec.keys import (
     setting_error,
     toml_repr,
 )
-from hpo.spec.kinds import (
-    KINDS,
-    METRICS,
-    TRAINING,
-    Direction,
-    PathsSettings,
-    ProbeSettings,
-    check_kind_sections,
-    default_metric,
-    probe_settings,
-)
+from hpo.spec.kinds import KINDS, STUDY_KINDS, TRAINING, Direction, StudyKind
 from hpo.spec.limits import MAX_SEED, MAX_TIMEOUT_S, MAX_TRIALS
+from hpo.spec.probe_settings import ProbeSettings
 from hpo.spec.samplers import PRUNERS, SAMPLERS, PrunerSpec, SamplerSpec
 from hpo.spec.search_table import hidden_sizes, parse_search
 from hpo.spec.space import ParamSpec, SearchSpace, same_value
@@ -85,8 +76,9 @@ class StudySettings:
                 f"{toml_repr(self.kind)}",
                 key="study.kind",
             )
-        metrics = METRICS[self.kind]
+        metrics = STUDY_KINDS[self.kind].metrics
         if self.metric not in metrics:
+            # The default kind goes without saying.
             of_kind = f" for kind = {toml_repr(self.kind)}" if self.kind != TRAINING else ""
             raise ConfigError(
                 f"must be one of {', '.join(map(toml_repr, metrics))}{of_kind}, but got "
@@ -191,11 +183,9 @@ class StudySpec:
 
     def __post_init__(self) -> None:
         self.sampler.check_space(self.space)
-        _check_pruner(self.study.kind, self.pruner)
-        if self.study.kind == "optimizer_paths":
-            (optimizer,) = (p for p in self.space.params if p.name == "optimizer")
-            assert isinstance(self.probe, PathsSettings)  # what probe_settings gives this kind
-            self.probe.check_optimizers(tuple(optimizer.choices or ()))
+        _check_pruner(self.kind, self.pruner)
+        if self.probe is not None:
+            self.probe.check_space(self.space)
 
     @functools.cached_property
     def decision_epochs(self) -> frozenset[int]:
@@ -209,9 +199,14 @@ class StudySpec:
         return self.pruner.build(epochs=self.base.epochs)
 
     @property
+    def kind(self) -> StudyKind:
+        """What a trial of this study does (see `hpo.spec.kinds`)."""
+        return STUDY_KINDS[self.study.kind]
+
+    @property
     def trains(self) -> bool:
         """Whether a trial trains a network on data (kind = "training")."""
-        return self.study.kind == TRAINING
+        return self.kind.trains
 
     def require_training(self, command: str) -> None:
         """Refuse `command`, which trains networks, for a study whose trials train nothing."""
@@ -275,7 +270,7 @@ class StudySpec:
             new_pruner = self.pruner
             if pruner is not None and pruner != self.pruner.name:
                 new_pruner = PrunerSpec(pruner).for_epochs(self.base.epochs)
-                _check_pruner(self.study.kind, new_pruner)
+                _check_pruner(self.kind, new_pruner)
         except ConfigError as error:
             raise ConfigError(error.message, key=error.key, source="override") from None
         return dataclasses.replace(self, study=study, sampler=new_sampler, pruner=new_pruner)
@@ -292,11 +287,11 @@ class StudySpec:
         )
 
 
-def _check_pruner(kind: str, pruner: PrunerSpec) -> None:
-    if kind != TRAINING and pruner.name != DEFAULT_PRUNER:
+def _check_pruner(kind: StudyKind, pruner: PrunerSpec) -> None:
+    if not kind.trains and pruner.name != DEFAULT_PRUNER:
         raise ConfigError(
-            f"must be {toml_repr(DEFAULT_PRUNER)} for a study of kind = {toml_repr(kind)}: its "
-            f"trials train nothing, so there is nothing to prune, but got "
+            f"must be {toml_repr(DEFAULT_PRUNER)} for a study of kind = {toml_repr(kind.name)}: "
+            f"its trials train nothing, so there is nothing to prune, but got "
             f"{toml_repr(pruner.name)}",
             key="pruner.name",
         )
@@ -379,18 +374,20 @@ def _parse(
 ) -> StudySpec:
     tables = _tables(document)
     study = tables["study"]
-    kind = study.get("kind", TRAINING)
-    metric = study.get("metric", default_metric(kind))
+    kind_name = study.get("kind", TRAINING)
+    # An unknown kind is refused by StudySettings, before its defaults matter.
+    kind = STUDY_KINDS.get(kind_name, STUDY_KINDS[TRAINING])
+    metric = study.get("metric", kind.default_metric)
     settings = StudySettings(
         name=study.get("name", Path(source).stem),
-        kind=kind,
+        kind=kind_name,
         metric=metric,
-        direction=study.get("direction", METRICS.get(kind, {}).get(metric, "maximize")),
+        direction=study.get("direction", kind.direction_of(metric)),
         n_trials=study.get("n_trials", 100),
         timeout=study.get("timeout"),
         seed=study.get("seed", 0),
     )
-    check_kind_sections(kind, document)
+    kind.check_sections(document)
     data = _data_config(tables["data"], base_dir, environ)
     fixed = {
         name: (section, value)
@@ -424,7 +421,7 @@ def _parse(
         ),
         enqueue=_enqueued(document.get("enqueue"), space),
         narrowing=MappingProxyType(provenance) if "narrowing" in document else None,
-        probe=probe_settings(kind, tables),
+        probe=kind.read_settings(tables),
     )
 
 

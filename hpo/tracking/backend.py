@@ -474,50 +474,74 @@ def _serve(
         # Every call to a local store is local work: slow on a loaded machine, never hung.
         # Only a server's calls are held to the stall limit of `Mirror.close`.
         stack.enter_context(_keep_alive(lambda: backend.progress()))
-    open_channels = set(range(len(channels)))
-    finishing: tuple[Any, ...] | None = None
-    finish_deadline = 0.0
+    ending = _Ending(open_channels=set(range(len(channels))))
     next_flush = time.monotonic() + backend.flush_interval
     while True:
         try:
             index, message = inbox.get(timeout=max(0.05, next_flush - time.monotonic()))
         except queue.Empty:
-            index, message = None, ("tick",)
-        kind = message[0]
-        if kind == "start":
-            backend.start(index, *message[1:])
-        elif kind == "metrics":
-            backend.metrics(*message[1:])
-        elif kind == "finish":
-            backend.finish(message[1])
-            backend.progress()
-        elif kind == "worker":  # a worker's first message: its pid, for the runs' tags
-            backend.worker_pids[index] = message[1]
-        elif kind == "barrier":  # everything this worker sent before has been sent on
-            backend.flush_all()
-            _send(channels[index], message)
-        elif kind == "study":
-            backend.study_ready()
-        elif kind == "close":
-            finishing, finish_deadline = message, time.monotonic() + EOF_WAIT_S
-            backend.progress = lambda: _send(control, ("progress",))
-        elif kind == "eof":
-            if index == -1 and finishing is None:  # hpo run is gone: send what we have, go
-                finishing = ("close", True, False)
-                finish_deadline = time.monotonic() + EOF_WAIT_S
-            elif index >= 0:
-                open_channels.discard(index)
+            pass  # no message: only the flush and the ending's deadline below
+        else:
+            _handle(backend, control, channels, ending, index, message)
         if time.monotonic() >= next_flush:
             backend.flush_all()
             next_flush = time.monotonic() + backend.flush_interval
-        if os.getppid() != parent_pid and finishing is None:
-            finishing = ("close", True, False)
-            finish_deadline = time.monotonic() + EOF_WAIT_S
-        if finishing is not None and (not open_channels or time.monotonic() >= finish_deadline):
+        if os.getppid() != parent_pid and ending.how is None:
+            ending.begin(("close", True, False))
+        if ending.how is not None and (
+            not ending.open_channels or time.monotonic() >= ending.deadline
+        ):
             if not inbox.empty():
                 continue  # the workers' last messages first
-            _close(backend, control, interrupted=finishing[1], sync=finishing[2])
+            _close(backend, control, interrupted=ending.how[1], sync=ending.how[2])
             return
+
+
+@dataclass
+class _Ending:
+    """How the mirror was asked to end (`("close", interrupted, sync)`, None until then), and
+    until when it waits for the workers' channels that are still open."""
+
+    open_channels: set[int]
+    how: tuple[Any, ...] | None = None
+    deadline: float = 0.0
+
+    def begin(self, how: tuple[Any, ...]) -> None:
+        self.how, self.deadline = how, time.monotonic() + EOF_WAIT_S
+
+
+def _handle(
+    backend: Backend,
+    control: Connection,
+    channels: list[Connection],
+    ending: _Ending,
+    index: int,
+    message: tuple[Any, ...],
+) -> None:
+    """One message from a worker (`index` >= 0) or from hpo run (-1)."""
+    kind = message[0]
+    if kind == "start":
+        backend.start(index, *message[1:])
+    elif kind == "metrics":
+        backend.metrics(*message[1:])
+    elif kind == "finish":
+        backend.finish(message[1])
+        backend.progress()
+    elif kind == "worker":  # a worker's first message: its pid, for the runs' tags
+        backend.worker_pids[index] = message[1]
+    elif kind == "barrier":  # everything this worker sent before has been sent on
+        backend.flush_all()
+        _send(channels[index], message)
+    elif kind == "study":
+        backend.study_ready()
+    elif kind == "close":
+        ending.begin(message)
+        backend.progress = lambda: _send(control, ("progress",))
+    elif kind == "eof":
+        if index == -1 and ending.how is None:  # hpo run is gone: send what we have, go
+            ending.begin(("close", True, False))
+        elif index >= 0:
+            ending.open_channels.discard(index)
 
 
 def _close(backend: Backend, control: Connection, *, interrupted: bool, sync: bool) -> None:

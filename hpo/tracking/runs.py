@@ -31,6 +31,10 @@ if TYPE_CHECKING:
 
     from hpo.spec.study_file import StudySpec
 
+    # What `make_client` returns, by the name the layers above use: they hold a client and
+    # hand it back to functions here, never importing MLflow themselves.
+    TrackingClient = MlflowClient
+
 logger = logging.getLogger(__name__)
 
 TRACKING_URI_ENV = "MLFLOW_TRACKING_URI"
@@ -289,12 +293,9 @@ def _create_parent(
         f"data.{k}": v for k, v in vars(spec.data).items() if k != "data_dir" and v is not None
     }
     if spec.probe is not None:  # trains nothing: the kind's own settings, not training's
-        from hpo.spec.kinds import KIND_SETTINGS
-
-        kind = spec.study.kind
-        section = "paths" if kind == "optimizer_paths" else "activations"
-        data = {f"{section}.{k}": v for k, v in spec.probe.as_dict().items()}
-        model = {k: v for k, v in spec.base.architecture().items() if k in KIND_SETTINGS[kind]}
+        kind = spec.kind
+        data = {f"{kind.section}.{k}": v for k, v in spec.probe.as_dict().items()}
+        model = {k: v for k, v in spec.base.architecture().items() if k in kind.settings}
         fixed = {f"model.{k}": v for k, v in model.items() if k not in searched}
     params = [Param(k, _param_value(v)) for k, v in sorted((fixed | data).items())]
     client.log_batch(run.info.run_id, params=params)
