@@ -36,8 +36,8 @@ _PUBLIC = {
     "Replay": "hpo.analysis.results",
     "report": "hpo.analysis.results",
     "Report": "hpo.analysis.study_report",
-    "compare": "hpo.analysis.comparing",
-    "Comparison": "hpo.analysis.comparing",
+    "compare": "hpo.analysis.comparison.run",
+    "Comparison": "hpo.analysis.comparison.run",
 }
 
 __all__ = [
@@ -60,7 +60,7 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
-    from hpo.analysis.comparing import Comparison, compare
+    from hpo.analysis.comparison.run import Comparison, compare
     from hpo.analysis.results import Replay, best, open_storage, open_study, replay, report
     from hpo.analysis.study_report import Report
     from hpo.engine.run import RunListener, RunResult, run_study

@@ -33,7 +33,7 @@ from hpo.engine.worker import Worker
 from hpo.errors import ConfigError
 from hpo.spec.data import load_splits
 from hpo.spec.keys import ENQUEUE_KEYS, NARROWING_KEYS
-from hpo.spec.space import ParamSpec
+from hpo.spec.search.space import ParamSpec
 from hpo.spec.study_file import StudySpec, load_study_file, parse_study
 from hpo.storage.database import resolve_storage
 from hpo.storage.studies import fingerprint, join_study, load_existing_study, prepare_study

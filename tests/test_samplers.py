@@ -13,8 +13,8 @@ import optuna
 import pytest
 
 from hpo.errors import ConfigError
-from hpo.spec.pruners import n_brackets
-from hpo.spec.samplers import (
+from hpo.spec.search.pruners import n_brackets
+from hpo.spec.search.samplers import (
     PRUNERS,
     SAMPLERS,
     PrunerSpec,

@@ -16,7 +16,7 @@ from optuna.trial import FixedTrial
 
 from hpo.errors import ConfigError
 from hpo.spec.config import TrainConfig
-from hpo.spec.space import ParamSpec, SearchSpace, same_value
+from hpo.spec.search.space import ParamSpec, SearchSpace, same_value
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -266,4 +266,4 @@ def test_only_the_space_module_calls_suggest():
         for path in package.rglob("*.py")
         if re.search(r"\.suggest_(float|int|categorical|uniform|loguniform)\(", path.read_text())
     }
-    assert callers == {"spec/space.py"}
+    assert callers == {"spec/search/space.py"}

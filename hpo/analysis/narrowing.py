@@ -57,7 +57,7 @@ from hpo.analysis.listing import fmt, ranked_trials
 from hpo.errors import ConfigError
 from hpo.spec.keys import is_int, is_number, setting_error
 from hpo.spec.outcomes import completed_value
-from hpo.spec.space import ParamSpec, SearchSpace, same_value
+from hpo.spec.search.space import ParamSpec, SearchSpace, same_value
 from hpo.spec.study_file import EnqueuedTrial, StudySpec, parse_study
 from hpo.storage.studies import SPEC_ATTR, records, stored_spec
 

@@ -24,7 +24,7 @@ from optuna.trial import FrozenTrial, TrialState
 from hpo.analysis.listing import fmt
 from hpo.engine.probes import f
 from hpo.spec.kinds import ActivationSettings, PathsSettings
-from hpo.spec.space import same_value
+from hpo.spec.search.space import same_value
 
 if TYPE_CHECKING:
     from hpo.spec.study_file import StudySpec

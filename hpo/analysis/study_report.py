@@ -29,7 +29,7 @@ from hpo.analysis.listing import (
     ranked_trials,
 )
 from hpo.spec.outcomes import COUNTED
-from hpo.spec.space import same_value
+from hpo.spec.search.space import same_value
 from hpo.tracking.reports import log_files_to_parent_run
 
 if TYPE_CHECKING:

@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from hpo.analysis.comparing import CompareListener
+from hpo.analysis.comparison.run import CompareListener
 from hpo.cli.common import (
     EXIT_FAILURE,
     EXIT_OK,
@@ -22,8 +22,8 @@ from hpo.cli.common import (
 )
 
 if TYPE_CHECKING:
-    from hpo.analysis.compare import ComparePlan, JobOutcome
-    from hpo.analysis.compare_stats import Summary
+    from hpo.analysis.comparison.stats import Summary
+    from hpo.analysis.comparison.studies import ComparePlan, JobOutcome
     from hpo.storage.database import StorageSettings
     from hpo.tracking.runs import TrackingSettings
 
@@ -85,7 +85,7 @@ def _add_compare_parser(commands: Commands) -> None:
 
 
 def _cmd_compare(args: argparse.Namespace) -> int:
-    from hpo.analysis.comparing import compare
+    from hpo.analysis.comparison.run import compare
     from hpo.errors import ConfigError
 
     if args.workers is not None:
@@ -148,7 +148,7 @@ class _Printer(CompareListener):
 def _log_report(
     tracking: TrackingSettings, comparison: ComparePlan, out: Path, summary: Summary
 ) -> int:
-    from hpo.analysis.compare_mlflow import log_comparison
+    from hpo.analysis.comparison.mlflow_run import log_comparison
 
     experiment = tracking.experiment or comparison.prefix
     try:

@@ -16,7 +16,7 @@ from hpo.spec.keys import is_int, toml_repr
 from trainer import OPTIMIZERS, make_optimizer
 
 if TYPE_CHECKING:
-    from hpo.spec.space import SearchSpace
+    from hpo.spec.search.space import SearchSpace
 
 
 @dataclass(frozen=True)

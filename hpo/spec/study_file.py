@@ -40,9 +40,9 @@ from hpo.spec.keys import (
 from hpo.spec.kinds import KINDS, STUDY_KINDS, TRAINING, Direction, StudyKind
 from hpo.spec.limits import MAX_SEED, MAX_TIMEOUT_S, MAX_TRIALS
 from hpo.spec.probe_settings import ProbeSettings
-from hpo.spec.samplers import PRUNERS, SAMPLERS, PrunerSpec, SamplerSpec
-from hpo.spec.search_table import hidden_sizes, parse_search
-from hpo.spec.space import ParamSpec, SearchSpace, same_value
+from hpo.spec.search.samplers import PRUNERS, SAMPLERS, PrunerSpec, SamplerSpec
+from hpo.spec.search.space import ParamSpec, SearchSpace, same_value
+from hpo.spec.search.tables import hidden_sizes, parse_search
 from trainer.data import DATASETS
 
 if TYPE_CHECKING:

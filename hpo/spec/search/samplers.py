@@ -27,13 +27,13 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from hpo.errors import ConfigError
-from hpo.spec.options import Option, Options, lookup, no_check, resolve, spec_repr
-from hpo.spec.pruners import PRUNERS, PrunerSpec, pruner_decision_epochs
+from hpo.spec.search.options import Option, Options, lookup, no_check, resolve, spec_repr
+from hpo.spec.search.pruners import PRUNERS, PrunerSpec, pruner_decision_epochs
 
 if TYPE_CHECKING:
     from optuna.samplers import BaseSampler
 
-    from hpo.spec.space import SearchSpace
+    from hpo.spec.search.space import SearchSpace
 
 __all__ = [
     "PRUNERS",

@@ -19,8 +19,8 @@ from typing import TYPE_CHECKING
 from hpo.spec.limits import MAX_SEEDS, MAX_WORKERS, check_range
 
 if TYPE_CHECKING:  # imported where used: `hpo compare` subclasses CompareListener at start-up
-    from hpo.analysis.compare import ComparePlan, JobOutcome, Row
-    from hpo.analysis.compare_stats import Summary
+    from hpo.analysis.comparison.stats import Summary
+    from hpo.analysis.comparison.studies import ComparePlan, JobOutcome, Row
     from hpo.spec.study_file import StudySpec
     from hpo.storage.database import StorageSettings
     from hpo.tracking.runs import TrackingSettings
@@ -99,7 +99,7 @@ def compare(
     defaulting to the comparison's name. `report_only` runs nothing. The report itself is
     logged to MLflow by `hpo compare`, not here. `command` is what the report says made it.
     """
-    from hpo.analysis.compare import plan
+    from hpo.analysis.comparison.studies import plan
     from hpo.spec.load import load_study
     from hpo.spec.names import study_folder
     from hpo.storage.database import StorageSettings, resolve_storage
@@ -169,7 +169,7 @@ def _run_studies(
     listener: CompareListener,
 ) -> Comparison | None:
     """Run (or resume) every study; the comparison as it stopped, if it did."""
-    from hpo.analysis.compare import run_jobs
+    from hpo.analysis.comparison.studies import run_jobs
     from hpo.engine.signals import signal_name
 
     try:
@@ -191,7 +191,7 @@ def measure(
 ) -> list[Row]:
     """One row per study, with its best configuration's test accuracy, the noise check and
     the pruning audit: everything the report is computed from."""
-    from hpo.analysis.compare import (
+    from hpo.analysis.comparison.studies import (
         add_noise_check,
         add_pruning_audit,
         add_test_accuracy,
@@ -233,13 +233,13 @@ def write_comparison(
     spec: StudySpec, comparison: ComparePlan, rows: list[Row], out: Path, *, command: str
 ) -> Comparison:
     """results.csv, the figures and report.md in `out`, all computed from results.csv."""
-    from hpo.analysis.compare import read_rows, write_rows
-    from hpo.analysis.compare_figures import (
+    from hpo.analysis.comparison.figures import (
         best_so_far_vs_epochs,
         best_so_far_vs_trials,
         final_values,
     )
-    from hpo.analysis.compare_stats import render, summarize
+    from hpo.analysis.comparison.stats import render, summarize
+    from hpo.analysis.comparison.studies import read_rows, write_rows
 
     out.mkdir(parents=True, exist_ok=True)
     write_rows(rows, out / "results.csv")

@@ -25,7 +25,7 @@ from hpo.spec.keys import (
     setting_error,
     toml_repr,
 )
-from hpo.spec.space import ParamSpec, SearchSpace, base_value, same_value
+from hpo.spec.search.space import ParamSpec, SearchSpace, base_value, same_value
 
 PARAM_KEYS: tuple[str, ...] = ("type", "low", "high", "log", "step", "choices", "when")
 

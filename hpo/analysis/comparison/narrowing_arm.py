@@ -8,7 +8,7 @@ enqueue are not trained twice. Each stage is an ordinary study; the narrowing is
 from the finished previous stage every time (it is deterministic), so the arm resumes
 exactly; the stage files are written beside the report as a record.
 
-    python -m hpo.analysis.compare_narrowing STUDY.toml --prefix P --pruner none --seed 0 \\
+    python -m hpo.analysis.comparison.narrowing_arm STUDY.toml --prefix P --pruner none --seed 0 \\
         --n-trials 100 --stages 3 --stage-dir DIR [--no-mlflow | --experiment E]
 """
 
@@ -81,7 +81,7 @@ def run_arm(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     if "numpy" not in sys.modules:
         _blas.single_blas_thread()
-    parser = argparse.ArgumentParser(prog="python -m hpo.analysis.compare_narrowing")
+    parser = argparse.ArgumentParser(prog="python -m hpo.analysis.comparison.narrowing_arm")
     parser.add_argument("study_file", type=Path)
     parser.add_argument("--prefix", required=True)
     parser.add_argument("--pruner", default="none")

@@ -15,7 +15,7 @@ from datetime import date
 
 import numpy as np
 
-from hpo.analysis.compare import Row, budget_index
+from hpo.analysis.comparison.studies import Row, budget_index
 
 CHECKPOINTS = (0.10, 0.25, 0.50, 1.00)
 

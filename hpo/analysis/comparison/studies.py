@@ -29,7 +29,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from hpo.errors import ConfigError
 from hpo.spec.outcomes import ENDED
-from hpo.spec.samplers import PRUNERS, SAMPLERS
+from hpo.spec.search.samplers import PRUNERS, SAMPLERS
 from hpo.spec.seeds import derive_seed
 from hpo.spec.study_file import StudySpec
 from hpo.storage.database import StorageSettings
@@ -74,7 +74,7 @@ class ComparePlan:
     stages: int = 3  # of the narrowing arm
 
     def jobs(self) -> list[Job]:
-        from hpo.analysis.compare_narrowing import NARROWING, stage_names
+        from hpo.analysis.comparison.narrowing_arm import NARROWING, stage_names
 
         jobs = []
         for seed in self.seeds:
@@ -106,7 +106,7 @@ def plan(
     seeds: int,
     n_trials: int | None,
 ) -> ComparePlan:
-    from hpo.analysis.compare_narrowing import NARROWING
+    from hpo.analysis.comparison.narrowing_arm import NARROWING
 
     for name in samplers:
         if name not in SAMPLERS and name != NARROWING:
@@ -219,15 +219,16 @@ def run_jobs(
 def _command(
     comparison: ComparePlan, job: Job, tracking: TrackingSettings, stage_dir: Path
 ) -> list[str]:
-    from hpo.analysis.compare_narrowing import NARROWING
+    from hpo.analysis.comparison.narrowing_arm import NARROWING
 
     common = ["--no-mlflow"] if not tracking.enabled else [
         "--experiment", tracking.experiment or comparison.prefix
     ]  # fmt: skip
     if job.arm.sampler == NARROWING:
         return [
-            sys.executable, "-m", "hpo.analysis.compare_narrowing", str(comparison.study_file),
-            "--prefix", comparison.prefix, "--pruner", job.arm.pruner, "--seed", str(job.seed),
+            sys.executable, "-m", "hpo.analysis.comparison.narrowing_arm",
+            str(comparison.study_file), "--prefix", comparison.prefix,
+            "--pruner", job.arm.pruner, "--seed", str(job.seed),
             "--n-trials", str(comparison.n_trials), "--stages", str(comparison.stages),
             "--stage-dir", str(stage_dir), *common,
         ]  # fmt: skip

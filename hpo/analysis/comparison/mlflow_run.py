@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from hpo.analysis.compare_stats import Summary
+from hpo.analysis.comparison.stats import Summary
 from hpo.tracking.reports import log_comparison_run
 from hpo.tracking.runs import TrackingSettings
 

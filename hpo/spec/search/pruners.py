@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from hpo.errors import ConfigError
-from hpo.spec.options import Option, Options, lookup, no_check, resolve, spec_repr
+from hpo.spec.search.options import Option, Options, lookup, no_check, resolve, spec_repr
 
 if TYPE_CHECKING:
     from optuna.pruners import BasePruner

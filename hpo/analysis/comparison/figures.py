@@ -12,7 +12,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.figure import Figure
 
-from hpo.analysis.compare import Row
+from hpo.analysis.comparison.studies import Row
 
 
 def _curves(rows: list[Row]) -> dict[str, dict[int, list[Row]]]:
