@@ -211,8 +211,11 @@ def test_workers_killed_at_random_lose_no_trial(
         timeline.append((trial.number, trial.datetime_start.time(), killed_at.time(),
                          trial.datetime_complete.time()))  # fmt: skip
     assert len(failed) >= len(kills) - 1, (len(failed), sorted(kills))
-    # Stale once its last beat (at most 1 s before the kill) is 3 s old; a sweep every 1.5 s.
-    assert max(lags) < 1 + 3 + 1.5 + 3, timeline
+    # Stale once its last beat (at most 1 s before the kill) is 3 s old, a sweep every 1.5 s:
+    # about 5.5 s on a quiet machine (the printed figures). The bound only says that the sweep
+    # works while the study runs: a loaded CI machine delayed one by 16 s, so it is not a
+    # timing target (those live in benchmarks/).
+    assert max(lags) < 30, timeline
     assert_mirrored_once(fresh_postgres_url, mlflow_server.uri, group.experiment)
     print(f"\nkills mid-trial: {len(kills)}, trials failed by them: {len(failed)}, lost: 0, "
           f"kill-to-FAIL {min(lags):.1f}-{max(lags):.1f} s (grace 3 s)")  # fmt: skip
