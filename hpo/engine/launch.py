@@ -197,23 +197,8 @@ def run_worker_processes(
     storage, which is the truth for every worker on every machine. The workers end with this
     process however it ends (see `hpo.engine.signals`); a stop signal here is passed on to them.
     """
-    env = dict(os.environ)
-    for name in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
-        env[name] = "1"
-    # Through the environment, not argv: a password in argv would show in `ps`.
-    env["HPO_STORAGE"] = settings.url
-    command = [sys.executable, "-m", "hpo.cli", *child_argv]
     lifeline = Lifeline()
-    children: list[subprocess.Popen[bytes]] = []
-    for index in range(workers):
-        child_env, fds = env | lifeline.child_env(), [lifeline.child_fd]
-        if mirror is not None:
-            child_env[MIRROR_FD_ENV] = str(mirror.worker_fd(index))
-            fds.append(mirror.worker_fd(index))
-        children.append(subprocess.Popen(command, env=child_env, pass_fds=fds))
-    lifeline.release_child_end()
-    if mirror is not None:
-        mirror.release_worker_ends()
+    children = _start_workers(settings, child_argv, workers, lifeline, mirror)
     from hpo.storage.database import open_storage
 
     storage = open_storage(settings, heartbeat=False)
@@ -223,10 +208,7 @@ def run_worker_processes(
     finished_when_ended: dict[int, int] = {}  # per worker: the study's finished trials then
     try:
         while any(child.poll() is None for child in children):
-            for index, child in enumerate(children):
-                if child.returncode is not None and index not in finished_when_ended:
-                    counts = _counts_or_none(storage, study_id)
-                    finished_when_ended[index] = _finished(counts) if counts else -1
+            _note_ended(children, finished_when_ended, storage, study_id)
             if progress is not None:
                 try:
                     progress(_finished(count_trials(storage, study_id)), _best(study))
@@ -254,6 +236,47 @@ def run_worker_processes(
         outcome.stop_signal = signal_name(stop)
         return outcome
     return _with_worker_report(outcome, children, finished_when_ended, spec, settings)
+
+
+def _start_workers(
+    settings: StorageSettings,
+    child_argv: Sequence[str],
+    workers: int,
+    lifeline: Lifeline,
+    mirror: Mirror | None,
+) -> list[subprocess.Popen[bytes]]:
+    """The worker processes, each with one BLAS thread, the lifeline and its mirror channel."""
+    env = dict(os.environ)
+    for name in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        env[name] = "1"
+    # Through the environment, not argv: a password in argv would show in `ps`.
+    env["HPO_STORAGE"] = settings.url
+    command = [sys.executable, "-m", "hpo.cli", *child_argv]
+    children: list[subprocess.Popen[bytes]] = []
+    for index in range(workers):
+        child_env, fds = env | lifeline.child_env(), [lifeline.child_fd]
+        if mirror is not None:
+            child_env[MIRROR_FD_ENV] = str(mirror.worker_fd(index))
+            fds.append(mirror.worker_fd(index))
+        children.append(subprocess.Popen(command, env=child_env, pass_fds=fds))
+    lifeline.release_child_end()
+    if mirror is not None:
+        mirror.release_worker_ends()
+    return children
+
+
+def _note_ended(
+    children: Sequence[subprocess.Popen[bytes]],
+    finished_when_ended: dict[int, int],
+    storage: optuna.storages.RDBStorage,
+    study_id: int,
+) -> None:
+    """For each worker that has ended since the last look: the study's finished trials then
+    (what the report of a worker that ended early quotes)."""
+    for index, child in enumerate(children):
+        if child.returncode is not None and index not in finished_when_ended:
+            counts = _counts_or_none(storage, study_id)
+            finished_when_ended[index] = _finished(counts) if counts else -1
 
 
 def _stop_workers(children: Sequence[subprocess.Popen[bytes]], stop: signal.Signals) -> None:

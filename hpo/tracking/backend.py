@@ -35,12 +35,12 @@ from hpo.tracking.runs import (
     STATUS,
     StudyRun,
     TrackingStoreError,
-    _ms,
-    _param_value,
     child_tags,
     ensure_parent_run,
+    epoch_ms,
     final_fields,
     make_client,
+    param_value,
 )
 
 logger = logging.getLogger("hpo.tracking.runs")
@@ -154,11 +154,13 @@ class Backend:
                 self.client.set_terminated,
                 state.run_id,
                 STATUS.get(trial.state, "FAILED"),
-                end_time=_ms(trial.datetime_complete),
+                end_time=epoch_ms(trial.datetime_complete),
             )
             if trial.state == TrialState.COMPLETE and self._improves(trial.value):
                 self._best = trial.value
-                best = Metric(f"best_{self.metric}", completed_value(trial), _ms(), trial.number)
+                best = Metric(
+                    f"best_{self.metric}", completed_value(trial), epoch_ms(), trial.number
+                )
                 assert self.parent is not None
                 self._call(self.client.log_batch, self.parent.run_id, metrics=[best])
         except _Down:
@@ -339,7 +341,7 @@ class Backend:
             values = {**params, "trial_number": number, "seed": seed}
             # Sent with the run's first values (within `flush_interval`, or at its end): one
             # request fewer per trial for the store, which shares the machine.
-            state.params = [Param(k, _param_value(v)) for k, v in values.items()]
+            state.params = [Param(k, param_value(v)) for k, v in values.items()]
         except _Down:
             with self._lock:
                 state.failed = True

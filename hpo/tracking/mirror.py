@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 import optuna
 
 from hpo.storage.database import StorageSettings
-from hpo.tracking.runs import RUN_ID_ATTR, TrackingSettings, _ms
+from hpo.tracking.runs import RUN_ID_ATTR, TrackingSettings, epoch_ms
 
 if TYPE_CHECKING:
     from hpo.spec.study_file import StudySpec
@@ -237,12 +237,12 @@ class TrialMirror:
     # -- called by the objective and the runner ----------------------------------------------
 
     def trial_started(self, trial: optuna.trial.BaseTrial, seed: int) -> None:
-        self._send(("start", trial.number, dict(trial.params), seed, _ms()))
+        self._send(("start", trial.number, dict(trial.params), seed, epoch_ms()))
 
     def epoch_ended(
         self, trial: optuna.trial.BaseTrial, epoch: int, metrics: EpochMetrics
     ) -> None:
-        now = _ms()
+        now = epoch_ms()
         values = self._unsent.setdefault(trial.number, [])
         values += [(k, v, now, epoch) for k, v in metrics.as_dict().items()]
         if time.monotonic() >= self._next_send:  # one message a second, not one an epoch

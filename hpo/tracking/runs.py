@@ -161,12 +161,13 @@ def _store_error(uri: str, error: Exception) -> Exception:
     )
 
 
-def _ms(moment: Any = None) -> int:
+def epoch_ms(moment: Any = None) -> int:
     """Milliseconds since the epoch, from a datetime or now."""
     return int((moment.timestamp() if moment is not None else time.time()) * 1000)
 
 
-def _param_value(value: Any) -> str:
+def param_value(value: Any) -> str:
+    """A parameter as MLflow stores it: text, lists and tables as JSON."""
     return json.dumps(value) if isinstance(value, list | tuple | dict) else str(value)
 
 
@@ -297,7 +298,7 @@ def _create_parent(
         data = {f"{kind.section}.{k}": v for k, v in spec.probe.as_dict().items()}
         model = {k: v for k, v in spec.base.architecture().items() if k in kind.settings}
         fixed = {f"model.{k}": v for k, v in model.items() if k not in searched}
-    params = [Param(k, _param_value(v)) for k, v in sorted((fixed | data).items())]
+    params = [Param(k, param_value(v)) for k, v in sorted((fixed | data).items())]
     client.log_batch(run.info.run_id, params=params)
     with tempfile.TemporaryDirectory() as tmp:
         name = spec.path.name if spec.path is not None else f"{spec.study.name}.toml"
@@ -326,7 +327,7 @@ def final_fields(trial: FrozenTrial, metric: str) -> tuple[list[Any], dict[str, 
     """(final metrics, tags) that close a trial's run: state, duration, why it ended."""
     from mlflow.entities import Metric
 
-    end = _ms(trial.datetime_complete)
+    end = epoch_ms(trial.datetime_complete)
     history = trial.user_attrs.get("history") or {}
     epochs = len(history.get("val_acc", []))
     metrics = [Metric("epochs_trained", epochs, end, 0)]

@@ -34,10 +34,10 @@ from hpo.tracking.runs import (
     STATUS,
     UID_TAG,
     StudyRun,
-    _ms,
-    _param_value,
     child_tags,
+    epoch_ms,
     final_fields,
+    param_value,
 )
 
 if TYPE_CHECKING:
@@ -175,13 +175,13 @@ def _create(client: MlflowClient, parent: StudyRun, study_name: str, trial: Froz
     from mlflow.entities import Param
 
     tags = child_tags(study_name, parent, trial.number) | {"hpo.synced": "true"}
-    run = client.create_run(parent.experiment_id, start_time=_ms(trial.datetime_start), tags=tags)
+    run = client.create_run(
+        parent.experiment_id, start_time=epoch_ms(trial.datetime_start), tags=tags
+    )
     values = {**trial.params, "trial_number": trial.number}
     if trial.user_attrs.get("seed") is not None:
         values["seed"] = trial.user_attrs["seed"]
-    client.log_batch(
-        run.info.run_id, params=[Param(k, _param_value(v)) for k, v in values.items()]
-    )
+    client.log_batch(run.info.run_id, params=[Param(k, param_value(v)) for k, v in values.items()])
     return run.info.run_id
 
 
@@ -190,7 +190,7 @@ def _complete(client: MlflowClient, run_id: str, trial: FrozenTrial, metric: str
     from mlflow.entities import Metric, RunTag
 
     history = trial.user_attrs.get("history") or {}
-    end = _ms(trial.datetime_complete)
+    end = epoch_ms(trial.datetime_complete)
     missing: list[Metric] = []
     for key in EPOCH_METRICS:
         values = history.get(key, [])
@@ -222,5 +222,5 @@ def _log_best(client: MlflowClient, parent: StudyRun, study: optuna.Study, metri
     logged = {m.step for m in client.get_metric_history(parent.run_id, key)}
     if best.number not in logged:
         client.log_batch(
-            parent.run_id, metrics=[Metric(key, completed_value(best), _ms(), best.number)]
+            parent.run_id, metrics=[Metric(key, completed_value(best), epoch_ms(), best.number)]
         )
