@@ -1,4 +1,4 @@
-"""`hpo run`: prepare a study, then work on it in this process or in N worker processes."""
+"""Working on a prepared study: in this process, or in N worker processes that end with it."""
 
 from __future__ import annotations
 
