@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import math
 import os
 import re
 import signal
+import sqlite3
 import statistics
 import subprocess
 import sys
 import time
 from collections import Counter, defaultdict
+from pathlib import Path
 
 import numpy as np
 import optuna
@@ -106,15 +109,14 @@ def _table(report: str, heading: str) -> dict[str, list[str]]:
     return table
 
 
-def _a_second_study_is_training(storage: str) -> bool:
-    """Two studies in the storage, one with a trial RUNNING (the database may be locked)."""
+def _running_trials(database: Path) -> int:
+    """RUNNING trials in a SQLite study database, read directly (0 while it is busy)."""
     try:
-        summaries = optuna.get_all_study_summaries(storage)
-        studies = [optuna.load_study(study_name=s.study_name, storage=storage) for s in summaries]
-    except Exception:  # a write in progress; asked again
-        return False
-    running = [s for s in studies if s.get_trials(states=(optuna.trial.TrialState.RUNNING,))]
-    return len(studies) >= 2 and bool(running)
+        with contextlib.closing(sqlite3.connect(database, timeout=1)) as connection:
+            query = "SELECT COUNT(*) FROM trials WHERE state = 'RUNNING'"
+            return int(connection.execute(query).fetchone()[0])
+    except sqlite3.Error:
+        return 0
 
 
 def test_every_number_in_the_report_comes_from_results_csv(compare_file, tmp_path):
@@ -261,9 +263,11 @@ def test_an_interrupted_comparison_resumes_without_duplicating_trials(compare_fi
         out = process.stdout.readline()
         if out.startswith("[1/4]"):
             break
+    # The first study has ended: a running trial is the second study's (or a later one's).
+    while time.monotonic() < deadline and not _running_trials(tmp_path / "cmp.db"):
+        time.sleep(0.1)
+    assert process.poll() is None, "the comparison ended before it could be interrupted"
     storage = f"sqlite:///{tmp_path / 'cmp.db'}"
-    while time.monotonic() < deadline and not _a_second_study_is_training(storage):
-        time.sleep(0.2)
     os.killpg(process.pid, signal.SIGINT)  # Ctrl-C reaches the whole group, as in a terminal
     _out, err = process.communicate(timeout=120)
     assert process.returncode == 130, err
