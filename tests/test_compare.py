@@ -20,7 +20,9 @@ from pathlib import Path
 import numpy as np
 import optuna
 import pytest
-from scipy.stats import mannwhitneyu
+from scipy.stats import mannwhitneyu, wilcoxon
+
+from hpo.analysis.comparison.stats import median_interval
 
 pytestmark = pytest.mark.slow  # the fast tier: pytest -m 'not slow'
 
@@ -189,18 +191,35 @@ def test_every_number_in_the_report_comes_from_results_csv(compare_file, tmp_pat
     # Test accuracy, paired gains, and the rank test.
     test = {(r["arm"], int(r["seed"])): float(r["test_acc"]) for r in trials if r["test_acc"]}
     table = _table(report, "## Held-out test accuracy")
+    summary = json.loads((out / "summary.json").read_text())
+    summary_arms = {entry["name"]: entry for entry in summary["arms"]}
+    assert list(summary_arms) == list(ARMS)
     for arm in ARMS:
         assert table[arm][0] == _spread([test[(arm, s)] for s in (1, 2)])
         if arm == "random+none":
             continue
-        gain = statistics.median(test[(arm, s)] - test[("random+none", s)] for s in (1, 2))
-        assert table[arm][1] == f"{gain:+.3f}"
+        gains = [test[(arm, s)] - test[("random+none", s)] for s in (1, 2)]
+        gain = statistics.median(gains)
+        low, high = median_interval(gains)
+        assert table[arm][1] == f"{gain:+.3f} [{low:+.3f}, {high:+.3f}]"
+        paired = wilcoxon(gains) if any(gains) else None
+        assert table[arm][2] == (f"{paired.pvalue:.3g}" if paired else "—")
         result = mannwhitneyu(
             [finals[(arm, s)] for s in (1, 2)],
             [finals[("random+none", s)] for s in (1, 2)],
             alternative="two-sided",
         )
-        assert table[arm][2] == f"U = {result.statistic:g}, p = {result.pvalue:.3g}"
+        assert table[arm][3] == f"U = {result.statistic:g}, p = {result.pvalue:.3g}"
+        # summary.json: the same numbers, for scripts.
+        entry = summary_arms[arm]
+        assert entry["test_acc_median"] == statistics.median(test[(arm, s)] for s in (1, 2))
+        assert entry["paired_test_gain_median"] == gain
+        assert entry["wilcoxon_p"] == (paired.pvalue if paired else None)
+        assert entry["seeds"] == 2
+        epochs_median = statistics.median(
+            sum(int(r["epochs"]) for r in curve(arm, s).values()) for s in (1, 2)
+        )
+        assert entry["epochs_median"] == epochs_median
 
     # The noise yardstick.
     noise = [float(r["value"]) for r in rows if r["kind"] == "noise"]

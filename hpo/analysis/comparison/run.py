@@ -10,6 +10,7 @@ the steps are told to a `CompareListener`, and the outcome is a `Comparison`.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -238,7 +239,7 @@ def write_comparison(
         best_so_far_vs_trials,
         final_values,
     )
-    from hpo.analysis.comparison.stats import render, summarize
+    from hpo.analysis.comparison.stats import render, summarize, summary_json
     from hpo.analysis.comparison.studies import read_rows, write_rows
 
     out.mkdir(parents=True, exist_ok=True)
@@ -264,4 +265,5 @@ def write_comparison(
     text = render(summary, study=spec.study.name, metric=metric, data=data,
                   figures=list(figures), command=command)  # fmt: skip
     (out / "report.md").write_text(text)
+    (out / "summary.json").write_text(json.dumps(summary_json(summary), indent=2) + "\n")
     return Comparison(comparison, out, summary=summary, report_text=text, figures=tuple(figures))

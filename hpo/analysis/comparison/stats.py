@@ -53,7 +53,9 @@ class ArmSummary:
     audited: int = 0
     audit_would_beat: int = 0
     mann_whitney: tuple[float, float] | None = None  # (U, p) against the reference
-    paired_test_gain: dict[int, float] = field(default_factory=dict)
+    paired_test_gain: dict[int, float] = field(default_factory=dict)  # seed -> gain
+    wilcoxon: tuple[float, float] | None = None  # (W, p): the paired test gains
+    gain_interval: tuple[float, float] | None = None  # 95% bootstrap CI of their median
 
 
 @dataclass
@@ -188,6 +190,61 @@ def _against_reference(summary: ArmSummary, ref: ArmSummary) -> None:
     summary.paired_test_gain = {
         s: summary.test_acc[s] - ref.test_acc[s] for s in summary.test_acc if s in ref.test_acc
     }
+    gains = [summary.paired_test_gain[s] for s in sorted(summary.paired_test_gain)]
+    summary.wilcoxon = wilcoxon_signed_rank(gains)
+    summary.gain_interval = median_interval(gains)
+
+
+def wilcoxon_signed_rank(differences: Sequence[float]) -> tuple[float, float] | None:
+    """(W, two-sided p) of Wilcoxon's signed-rank test on paired differences (seed by seed),
+    or None when there is nothing to test (fewer than two seeds, or no difference at all).
+
+    SciPy's test: exact p for small samples without ties or zeros, the normal approximation
+    otherwise; zero differences are dropped (Wilcoxon's own treatment)."""
+    if len(differences) < 2 or not any(differences):
+        return None
+    from scipy.stats import wilcoxon
+
+    result = wilcoxon(differences, alternative="two-sided", zero_method="wilcox")
+    return float(result.statistic), float(result.pvalue)
+
+
+BOOTSTRAP_RESAMPLES = 10_000
+
+
+def median_interval(
+    values: Sequence[float], *, confidence: float = 0.95, seed: int = 0
+) -> tuple[float, float] | None:
+    """A percentile bootstrap confidence interval of the median: the seeds resampled with
+    replacement, from a fixed seed, so the report recomputes to the same interval."""
+    if len(values) < 2:
+        return None
+    rng = np.random.default_rng(seed)
+    data = np.asarray(values, dtype=float)
+    picks = rng.integers(0, len(data), size=(BOOTSTRAP_RESAMPLES, len(data)))
+    medians = np.median(data[picks], axis=1)
+    tail = 100 * (1 - confidence) / 2
+    low, high = np.percentile(medians, [tail, 100 - tail])
+    return float(low), float(high)
+
+
+def summary_json(summary: Summary) -> dict[str, object]:
+    """summary.json: each arm's headline numbers, for scripts (the report's test table)."""
+    arms = []
+    for name, arm in summary.arms.items():
+        test = Spread.of(list(arm.test_acc.values()))
+        gain = Spread.of(list(arm.paired_test_gain.values()))
+        epochs = list(arm.epochs_total.values())
+        arms.append({
+            "name": name,
+            "seeds": len(arm.seeds),
+            "test_acc_median": test.median if test else None,
+            "paired_test_gain_median": gain.median if gain else None,
+            "paired_test_gain_ci95": list(arm.gain_interval) if arm.gain_interval else None,
+            "wilcoxon_p": arm.wilcoxon[1] if arm.wilcoxon else None,
+            "epochs_median": float(statistics.median(epochs)) if epochs else None,
+        })  # fmt: skip
+    return {"reference": summary.reference, "n_trials": summary.n_trials, "arms": arms}
 
 
 def _median_int(values: list[int | None]) -> float | None:
@@ -279,17 +336,20 @@ def _test_table(s: Summary) -> list[str]:
         "",
         "## Held-out test accuracy of each seed's best configuration, retrained once",
         "",
-        f"| arm | test accuracy | paired gain over {s.reference} | final best: Mann-Whitney U,"
-        f" p against {s.reference} |",
-        "| --- | ---: | ---: | ---: |",
+        f"| arm | test accuracy | paired gain over {s.reference} [95% CI] | paired gain: "
+        f"Wilcoxon signed-rank p | final best: Mann-Whitney U, p against {s.reference} |",
+        "| --- | ---: | ---: | ---: | ---: |",
     ]
     for arm, a in s.arms.items():
         test = Spread.of(list(a.test_acc.values()))
         gain = Spread.of(list(a.paired_test_gain.values()))
         test_text = test.text() if test else "—"
         gain_text = f"{gain.median:+.3f}" if gain else "—"
+        if a.gain_interval is not None:
+            gain_text += f" [{a.gain_interval[0]:+.3f}, {a.gain_interval[1]:+.3f}]"
+        wilcoxon = f"{a.wilcoxon[1]:.3g}" if a.wilcoxon else "—"
         mwu = f"U = {a.mann_whitney[0]:g}, p = {a.mann_whitney[1]:.3g}" if a.mann_whitney else "—"
-        lines.append(f"| {arm} | {test_text} | {gain_text} | {mwu} |")
+        lines.append(f"| {arm} | {test_text} | {gain_text} | {wilcoxon} | {mwu} |")
     return lines
 
 
