@@ -444,7 +444,9 @@ def test_an_unreachable_storage_fails_fast_in_one_line(tiny_study_file, tmp_path
          "--storage", "postgresql+psycopg://hpo:secret@127.0.0.1:1/hpo"],
         capture_output=True, text=True, timeout=60, cwd=tmp_path, check=False,
     )  # fmt: skip
-    assert time.monotonic() - started < 10
+    # Not a speed target: it does not wait out the storage's patience (300 s). About 3 s here
+    # when quiet; loaded by the rest of the suite, start-up alone can take 10 s.
+    assert time.monotonic() - started < 30, result.stderr
     assert result.returncode == 2
     assert result.stderr.count("\n") == 1, result.stderr
     assert "cannot open postgresql+psycopg://hpo:***@127.0.0.1:1/hpo" in result.stderr
