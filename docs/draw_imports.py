@@ -51,17 +51,19 @@ def main() -> int:
     position = {}
     for level, layer in enumerate(STACK):
         members = sorted(rows[layer])
+        crowded = len(members) > 12  # labels alternate up and down so that none overlap
         for i, name in enumerate(members):
-            position[name] = ((i + 0.5) / max(len(members), 1), level)
+            lift = (0.12 if i % 2 else -0.12) if crowded else 0.0
+            position[name] = ((i + 0.5) / max(len(members), 1), level + lift)
     figure, axes = plt.subplots(figsize=(22, 12))
     upward = 0
     for source, target in sorted(graph):
         if source not in position or target not in position:
             continue
         (x0, y0), (x1, y1) = position[source], position[target]
-        up = y1 > y0
+        up = round(y1) > round(y0)
         upward += up
-        color = "red" if up else ("0.3" if y1 < y0 else "tab:blue")
+        color = "red" if up else ("0.3" if round(y1) < round(y0) else "tab:blue")
         style = {"arrowstyle": "-|>", "lw": 1.6 if up else 0.4, "alpha": 0.9 if up else 0.25}
         axes.annotate("", xy=(x1, y1), xytext=(x0, y0), arrowprops=style | {"color": color})
     for name, (x, y) in position.items():
