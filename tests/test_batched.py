@@ -13,6 +13,7 @@ import socket
 import optuna
 import pytest
 import sqlalchemy
+from _stored import stored_trials, tpe_study, trial_record
 from optuna.trial import TrialState
 
 from hpo.engine.launch import build_objective
@@ -31,27 +32,9 @@ def spec(tiny_study_file):
     return load_study_file(tiny_study_file(n_trials=6, epochs=4, pruner="median", extra=extra))
 
 
-TPE = """
-[search.weight_decay_lambda]
-type = "float"
-low = 1e-8
-high = 1e-4
-log = true
-"""
-
-
 @pytest.fixture
 def tpe_spec(tiny_study_file):
-    """TPE samples relatively after two trials, and notes what it sampled as a system
-    attribute of the trial (``tpe:relative_params``)."""
-    path = tiny_study_file(n_trials=5, epochs=2, extra=TPE)
-    text = path.read_text().replace(
-        '[sampler]\nname = "random"',
-        '[sampler]\nname = "tpe"\nn_startup_trials = 2\nmultivariate = true\nconstant_liar = true',
-    )
-    assert "tpe" in text
-    path.write_text(text)
-    return load_study_file(path)
+    return tpe_study(tiny_study_file, n_trials=5, epochs=2)
 
 
 def _run(url: str, spec, *, batched: bool = True, observers=()) -> Worker:
@@ -66,35 +49,12 @@ def _run(url: str, spec, *, batched: bool = True, observers=()) -> Worker:
     return worker
 
 
-def _stored(url: str, name: str) -> list[optuna.trial.FrozenTrial]:
-    """The trials as a fresh, uncached storage reads them."""
-    storage = open_storage(resolve_storage(url), heartbeat=False)
-    try:
-        return optuna.load_study(study_name=name, storage=storage).get_trials()
-    finally:
-        storage.engine.dispose()
-
-
-def _record(trial: optuna.trial.FrozenTrial) -> tuple:
-    return (
-        trial.number,
-        trial.state,
-        trial.values,
-        trial.params,
-        trial.distributions,
-        trial.user_attrs,
-        trial.system_attrs,
-        trial.intermediate_values,
-        trial.datetime_complete is not None,
-    )
-
-
 def test_batched_trials_are_stored_as_optuna_stores_them(storage_url, spec, tmp_path):
     _run(storage_url, spec)
     plain = f"sqlite:///{tmp_path / 'plain.db'}"
     _run(plain, spec, batched=False)
-    batched, unbatched = _stored(storage_url, "tiny"), _stored(plain, "tiny")
-    assert [_record(t) for t in batched] == [_record(t) for t in unbatched]
+    batched, unbatched = stored_trials(storage_url, "tiny"), stored_trials(plain, "tiny")
+    assert [trial_record(t) for t in batched] == [trial_record(t) for t in unbatched]
     assert len(batched) == 6
     assert {t.state for t in batched} == {TrialState.COMPLETE, TrialState.PRUNED}
     assert all(t.user_attrs["history"]["val_acc"] and "seed" in t.user_attrs for t in batched)
@@ -106,8 +66,8 @@ def test_tpe_samples_the_same_trials_batched(storage_url, tpe_spec, tmp_path):
     _run(storage_url, tpe_spec)
     plain = f"sqlite:///{tmp_path / 'plain.db'}"
     _run(plain, tpe_spec, batched=False)
-    batched, unbatched = _stored(storage_url, "tiny"), _stored(plain, "tiny")
-    assert [_record(t) for t in batched] == [_record(t) for t in unbatched]
+    batched, unbatched = stored_trials(storage_url, "tiny"), stored_trials(plain, "tiny")
+    assert [trial_record(t) for t in batched] == [trial_record(t) for t in unbatched]
     relative = [t.number for t in batched if any(k.startswith("tpe:") for k in t.system_attrs)]
     assert relative == [2, 3, 4]
 
@@ -119,7 +79,7 @@ def test_parameters_seed_and_worker_are_in_the_database_when_training_starts(sto
         """An observer after FlushAtStart: what would a retry find if the worker died now?"""
 
         def trial_started(self, trial, seed):
-            stored = _stored(storage_url, "tiny")[trial.number]
+            stored = stored_trials(storage_url, "tiny")[trial.number]
             attrs = stored.user_attrs
             seen[trial.number] = (
                 stored.state,
@@ -150,7 +110,7 @@ def test_a_samplers_notes_are_in_the_database_when_training_starts(storage_url, 
 
     class Peek:
         def trial_started(self, trial, seed):
-            seen[trial.number] = _stored(storage_url, "tiny")[trial.number].system_attrs
+            seen[trial.number] = stored_trials(storage_url, "tiny")[trial.number].system_attrs
 
         def epoch_ended(self, trial, epoch, metrics):
             pass
@@ -213,7 +173,7 @@ def test_a_flush_repeated_after_its_commit_writes_nothing_twice(storage_url, spe
             {"id": trial._trial_id},
         ).scalar()
     assert rows == 1
-    assert _stored(storage_url, "tiny")[0].params == trial.params
+    assert stored_trials(storage_url, "tiny")[0].params == trial.params
 
 
 def test_a_trial_ended_elsewhere_is_not_overwritten(storage_url, spec):
@@ -223,7 +183,7 @@ def test_a_trial_ended_elsewhere_is_not_overwritten(storage_url, spec):
     other.engine.dispose()
     with pytest.raises(optuna.exceptions.UpdateFinishedTrialError):
         joined.study.tell(trial, 0.5)
-    stored = _stored(storage_url, "tiny")[0]
+    stored = stored_trials(storage_url, "tiny")[0]
     assert (stored.state, stored.values) == (TrialState.FAIL, None)
     assert joined.retrying.get_trial(trial._trial_id).state == TrialState.FAIL
 
@@ -275,9 +235,9 @@ def test_a_running_trials_values_are_read_back_before_they_are_written(storage_u
     assert storage.get_trial_system_attrs(trial_id) == {"grid_id": 3}
     assert storage.get_trial_user_attrs(trial_id) == {"seed": 7}
     assert storage.get_trial_params(trial_id) == trial.params
-    assert _stored(storage_url, "tiny")[0].system_attrs == {}  # not yet in the database
+    assert stored_trials(storage_url, "tiny")[0].system_attrs == {}  # not yet in the database
     storage.flush_trial(trial_id)
-    assert _stored(storage_url, "tiny")[0].system_attrs == {"grid_id": 3}
+    assert stored_trials(storage_url, "tiny")[0].system_attrs == {"grid_id": 3}
 
 
 def _joined_worker(url: str, spec) -> tuple[Worker, object]:
@@ -321,7 +281,7 @@ def test_a_stop_outside_training_leaves_no_trial_running(tmp_path, spec, where):
         joined.batched._write = stopped_before_the_second_end
     with pytest.raises(KeyboardInterrupt):
         worker.run()
-    states = [t.state for t in _stored(url, spec.study.name)]
+    states = [t.state for t in stored_trials(url, spec.study.name)]
     assert len(states) == 2, states
     assert states[1] == TrialState.FAIL, states
     assert TrialState.RUNNING not in states

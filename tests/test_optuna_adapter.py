@@ -22,6 +22,7 @@ from pathlib import Path
 import optuna
 import pytest
 import sqlalchemy
+from _stored import stored_trials, tpe_study, trial_record
 from optuna.trial import TrialState
 from sqlalchemy.engine import make_url
 
@@ -31,19 +32,12 @@ from hpo.errors import ConfigError
 from hpo.spec.data import load_splits
 from hpo.spec.study_file import load_study_file
 from hpo.storage import optuna_adapter
-from hpo.storage.database import open_storage, resolve_storage
+from hpo.storage.database import resolve_storage
 from hpo.storage.optuna_adapter import ADAPTER_ENV, adapter_active
 from hpo.storage.optuna_adapter.internals import trial_id_of
 from hpo.storage.studies import join_study, prepare_study
 
 STALENESS = {"HPO_HEARTBEAT_INTERVAL": "1", "HPO_GRACE_PERIOD": "2"}
-TPE = """
-[search.weight_decay_lambda]
-type = "float"
-low = 1e-8
-high = 1e-4
-log = true
-"""
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -73,31 +67,6 @@ def two_storages(request, tmp_path) -> Iterator[tuple[str, str]]:
 def _set_adapter(monkeypatch: pytest.MonkeyPatch, on: bool) -> None:
     monkeypatch.setenv(ADAPTER_ENV, "on" if on else "off")
     assert adapter_active() is on
-
-
-def _stored(url: str) -> list[optuna.trial.FrozenTrial]:
-    """The trials as a fresh, uncached storage reads them."""
-    storage = open_storage(resolve_storage(url), heartbeat=False)
-    try:
-        return optuna.load_study(study_name="tiny", storage=storage).get_trials()
-    finally:
-        storage.engine.dispose()
-
-
-def _record(trial: optuna.trial.FrozenTrial) -> tuple:
-    """Everything stored of a trial but its clock times (which differ from run to run)."""
-    return (
-        trial.number,
-        trial.state,
-        trial.values,
-        trial.params,
-        trial.distributions,
-        trial.user_attrs,
-        trial.system_attrs,
-        trial.intermediate_values,
-        trial.datetime_start is not None,
-        trial.datetime_complete is not None,
-    )
 
 
 def _failing_on(numbers: set[int], objective: Callable) -> Callable:
@@ -131,7 +100,7 @@ def _scenario(url: str, spec, *, dead_worker: bool, fail: set[int]) -> list[tupl
     objective = _failing_on(fail, build_objective(joined, spec, splits))
     Worker(joined, settings, objective, n_trials=spec.study.n_trials).run()
     joined.storage.engine.dispose()
-    return [_record(t) for t in _stored(url)]
+    return [trial_record(t) for t in stored_trials(url)]
 
 
 @pytest.fixture
@@ -142,13 +111,7 @@ def pruned_spec(tiny_study_file):
 
 @pytest.fixture
 def tpe_spec(tiny_study_file):
-    path = tiny_study_file(n_trials=6, epochs=2, extra=TPE)
-    text = path.read_text().replace(
-        '[sampler]\nname = "random"',
-        '[sampler]\nname = "tpe"\nn_startup_trials = 2\nmultivariate = true\nconstant_liar = true',
-    )
-    path.write_text(text)
-    return load_study_file(path)
+    return tpe_study(tiny_study_file, n_trials=6, epochs=2)
 
 
 @pytest.mark.slow
@@ -260,7 +223,7 @@ def test_workers_with_the_adapter_off_finish_the_study_whole(
             env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300,
         )  # fmt: skip
         assert done.returncode == 0, done.stdout + done.stderr
-        trials = _stored(url)
+        trials = stored_trials(url)
         assert sorted(t.number for t in trials) == list(range(len(trials)))
         assert all(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials)
         # Every epoch trained is an intermediate value (optuna-dashboard's learning curve).

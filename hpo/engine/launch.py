@@ -100,7 +100,7 @@ def build_objective(
 ) -> Callable[[optuna.Trial], float]:
     """The objective a worker runs: its trials' parameters, seed and worker are written as each
     starts (`FlushAtStart`), before the other observers (MLflow) hear of it."""
-    flush = (FlushAtStart(joined.retrying),) if joined.batched is not None else ()
+    flush = (FlushAtStart(joined.retrying),) if joined.adapter else ()
     observers = (RecordWorker(), *flush, *observers)
     if splits is None:  # optimizer paths or activations: no data, nothing trained
         from hpo.engine.probes import ProbeObjective
@@ -362,7 +362,7 @@ class _ProgressTracker:
                 count_trials(
                     self.joined.storage,
                     self.joined.study_id,
-                    adapter=self.joined.batched is not None,
+                    adapter=self.joined.adapter,
                 )
             )
             self.best = _best(self.joined.study)

@@ -209,12 +209,6 @@ class Worker:
             for lock in self._sweep_locks.values():
                 lock.close()
 
-    @property
-    def _adapter(self) -> bool:
-        """Whether this worker's study writes through hpo's Optuna adapter (see
-        `hpo.storage.optuna_adapter`), or through Optuna's public storage only."""
-        return self.joined.batched is not None
-
     def _fail_own_running_trials(self) -> None:
         """On a stop: fail the trial this worker had started and not yet told, wherever the
         stop came (while it was asked for, sampled, or told), so none is left RUNNING."""
@@ -256,7 +250,7 @@ class Worker:
             self.joined.storage,
             self.joined.study_id,
             self._claims.connection,
-            adapter=self._adapter,
+            adapter=self.joined.adapter,
         )
 
     def _claim(self, deadline: float | None) -> optuna.Trial | None:
@@ -325,13 +319,13 @@ class Worker:
         retry, which Optuna's `fail_stale_trials` can leave (fail first, retry after).
         """
         if OUTAGES.down:  # back now? (this raises if not)
-            count_trials(self.joined.storage, self.joined.study_id, adapter=self._adapter)
+            count_trials(self.joined.storage, self.joined.study_id, adapter=self.joined.adapter)
             OUTAGES.reachable()
         if not OUTAGES.settled(self.settings.grace_period):
             logger.debug("the storage is back from an outage: waiting for heartbeats")
             return
         storage = self.joined.retrying
-        if not self._adapter:  # Optuna's public sweep
+        if not self.joined.adapter:  # Optuna's public sweep
             with self._sweep_lock(), warnings.catch_warnings():
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
                 optuna.storages.fail_stale_trials(self.study)

@@ -101,6 +101,12 @@ class JoinedStudy:
     retrying: RetryingStorage
     batched: BatchedTrialStorage | None  # None with the Optuna adapter off
 
+    @property
+    def adapter(self) -> bool:
+        """Whether this worker writes through hpo's Optuna adapter, or through Optuna's public
+        storage only (see `hpo.storage.optuna_adapter`)."""
+        return self.batched is not None
+
 
 def prepare_study(settings: StorageSettings, spec: StudySpec) -> bool:
     """Create the schema and the study if they do not exist; True if the study is new.
