@@ -93,7 +93,7 @@ def test_an_unexpected_error_fails_the_trial_with_its_message(spec, splits, monk
     def broken(*args, **kwargs):
         raise RuntimeError("disk on fire")
 
-    monkeypatch.setattr(objective, "_train", broken)
+    monkeypatch.setattr("hpo.engine.objective.train_together", broken)
     trial = optuna.trial.FixedTrial({"lr": 0.01})
     with pytest.raises(RuntimeError):
         objective(trial)

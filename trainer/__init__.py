@@ -31,7 +31,7 @@ from ._optimizers import (
     make_optimizer,
 )
 from ._serialization import load_network, save_network
-from ._training import EpochHook, EpochMetrics, TrainingDiverged, TrainingHistory, train
+from ._training import EpochHook, EpochMetrics, Training, TrainingDiverged, TrainingHistory, train
 
 __all__ = [
     "ACTIVATIONS",
@@ -55,6 +55,7 @@ __all__ = [
     "Sigmoid",
     "SoftmaxWithLoss",
     "Tanh",
+    "Training",
     "TrainingDiverged",
     "TrainingHistory",
     "load_network",

@@ -119,40 +119,79 @@ def train(
     """
     if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
         raise ValueError(f"epochs must be a positive integer, but got {epochs=!r}")
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive integer, but got {batch_size=!r}")
-    # Converted once here, so the loop never converts a batch.
-    x_train = network._as_input(x_train)
-    t_train = network._as_labels(t_train)
-    x_val = network._as_input(x_val)
-    t_val = network._as_labels(t_val)
-    if len(x_train) != len(t_train) or len(x_val) != len(t_val):
-        raise ValueError(
-            f"inputs and labels must have the same length, but got {len(x_train)} training "
-            f"inputs for {len(t_train)} labels and {len(x_val)} validation inputs for "
-            f"{len(t_val)} labels"
-        )
-    if len(x_train) == 0 or len(x_val) == 0:
-        raise ValueError("training and validation sets must each hold at least one sample")
+    training = Training(
+        network, optimizer, x_train, t_train, x_val, t_val,
+        batch_size=batch_size, seed=seed, eval_batch_size=eval_batch_size,
+    )  # fmt: skip
+    for _ in range(epochs):
+        metrics = training.epoch()
+        if on_epoch_end is not None:
+            on_epoch_end(metrics.epoch, metrics)
+    return training.history
 
-    rng = np.random.default_rng(seed)
-    n = len(x_train)
-    history = TrainingHistory()
-    with np.errstate(over="ignore", invalid="ignore", divide="ignore", under="ignore"):
-        for epoch in range(1, epochs + 1):
-            order = rng.permutation(n)
-            train_epoch(network, optimizer, x_train, t_train, order, batch_size, epoch=epoch)
 
-            train_loss, train_acc = network.evaluate(x_train, t_train, batch_size=eval_batch_size)
-            val_loss, val_acc = network.evaluate(x_val, t_val, batch_size=eval_batch_size)
-            if not (math.isfinite(train_loss) and math.isfinite(val_loss)):
-                raise TrainingDiverged(
-                    epoch, f"the evaluated loss became {train_loss} (train), {val_loss} (val)"
-                )
-            if not np.isfinite(network.flat_params).all():
-                raise TrainingDiverged(epoch, "a parameter is no longer finite")
-            metrics = EpochMetrics(epoch, train_loss, train_acc, val_loss, val_acc)
-            history.epochs.append(metrics)
-            if on_epoch_end is not None:
-                on_epoch_end(epoch, metrics)
-    return history
+class Training:
+    """One network's training, one epoch per call of `epoch()`: what `train` loops over.
+
+    Several of these can be stepped in turn, epoch by epoch (the folds of a cross-validation,
+    say), and each gives exactly what `train` would have: the same seed, the same network.
+    """
+
+    def __init__(
+        self,
+        network: MultiLayerNet,
+        optimizer: Optimizer,
+        x_train: ArrayLike,
+        t_train: ArrayLike,
+        x_val: ArrayLike,
+        t_val: ArrayLike,
+        *,
+        batch_size: int,
+        seed: int | np.random.Generator | None = None,
+        eval_batch_size: int = 2048,
+    ) -> None:
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive integer, but got {batch_size=!r}")
+        self.network, self.optimizer = network, optimizer
+        # Converted once here, so the loop never converts a batch.
+        self.x_train = network._as_input(x_train)
+        self.t_train = network._as_labels(t_train)
+        self.x_val = network._as_input(x_val)
+        self.t_val = network._as_labels(t_val)
+        if len(self.x_train) != len(self.t_train) or len(self.x_val) != len(self.t_val):
+            raise ValueError(
+                f"inputs and labels must have the same length, but got {len(self.x_train)} "
+                f"training inputs for {len(self.t_train)} labels and {len(self.x_val)} "
+                f"validation inputs for {len(self.t_val)} labels"
+            )
+        if len(self.x_train) == 0 or len(self.x_val) == 0:
+            raise ValueError("training and validation sets must each hold at least one sample")
+        self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
+        self.rng = np.random.default_rng(seed)
+        self.history = TrainingHistory()
+
+    def epoch(self) -> EpochMetrics:
+        """Train one more epoch and evaluate; the metrics are also appended to `history`.
+
+        Raises:
+            TrainingDiverged: a batch loss, an evaluated loss or a parameter is not finite.
+        """
+        network, epoch = self.network, len(self.history) + 1
+        with np.errstate(over="ignore", invalid="ignore", divide="ignore", under="ignore"):
+            order = self.rng.permutation(len(self.x_train))
+            train_epoch(
+                network, self.optimizer, self.x_train, self.t_train, order, self.batch_size,
+                epoch=epoch,
+            )  # fmt: skip
+            size = self.eval_batch_size
+            train_loss, train_acc = network.evaluate(self.x_train, self.t_train, batch_size=size)
+            val_loss, val_acc = network.evaluate(self.x_val, self.t_val, batch_size=size)
+        if not (math.isfinite(train_loss) and math.isfinite(val_loss)):
+            raise TrainingDiverged(
+                epoch, f"the evaluated loss became {train_loss} (train), {val_loss} (val)"
+            )
+        if not np.isfinite(network.flat_params).all():
+            raise TrainingDiverged(epoch, "a parameter is no longer finite")
+        metrics = EpochMetrics(epoch, train_loss, train_acc, val_loss, val_acc)
+        self.history.epochs.append(metrics)
+        return metrics

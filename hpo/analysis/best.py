@@ -22,7 +22,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from hpo.analysis.listing import ranked_trials
 from hpo.errors import ConfigError
-from hpo.spec.outcomes import completed_value
+from hpo.spec.outcomes import trial_scores
 from hpo.tracking.best_model import log_best_model
 
 if TYPE_CHECKING:
@@ -81,7 +81,9 @@ class Retrained:
 
     @property
     def recorded(self) -> float:
-        return float(completed_value(self.trial))
+        """The trial's record of this training: its value, or under a protocol that trains
+        several, the first training's score (the one retrained)."""
+        return float(trial_scores(self.trial)[0])
 
     @property
     def identical(self) -> bool:
@@ -125,13 +127,21 @@ def retrain(
     test figures. The caller checks `identical` before `evaluate_on_test`.
     """
     from hpo.engine.objective import train_trial
+    from hpo.engine.protocols import trial_trainings
     from hpo.spec.data import load_splits
 
     seed = trial_seed_of(trial)
     config = spec.space.suggest(optuna.trial.FixedTrial(dict(trial.params)), spec.base)
     splits = load_splits(spec.data, seed=spec.study.seed)
     require_test_split(spec, splits, command="hpo best --retrain")
-    network, history = train_trial(splits, config, seed, on_epoch_end)
+    first = trial_trainings(
+        spec.evaluation,
+        splits,
+        trial_seed=seed,
+        study_seed=spec.study.seed,
+        val_fraction=spec.data.val_fraction,
+    )[0]
+    network, history = train_trial(first, config, seed, on_epoch_end)
     metric = spec.study.metric
     return Retrained(trial, seed, metric, network, splits, getattr(history.final, metric))
 

@@ -103,12 +103,35 @@ def _show_best(
     from optuna.trial import TrialState
 
     from hpo.analysis.best import describe_params
+    from hpo.spec.outcomes import is_selection, selection_estimates
 
-    n_complete = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
-    print(
-        f"{name}: best of {n_complete} completed trials is trial {trial.number}: "
-        f"{spec.study.metric} {trial.value!r}"
-    )
+    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    n_search = sum(not is_selection(t) for t in complete)
+    estimates = selection_estimates(study)
+    if estimates:
+        winner = estimates[0]
+        print(
+            f"{name}: trial {trial.number} won the selection among the {len(estimates)} best "
+            f"of {n_search} completed trials: {spec.study.metric} {winner.mean:.6g} ± "
+            f"{winner.std:.2g} (mean ± standard deviation of {winner.n} trainings; its search "
+            f"value {trial.value!r})"
+        )
+        for rank, other in enumerate(estimates[1:], start=2):
+            print(
+                f"  finalist {rank}: trial {other.trial.number}, {other.mean:.6g} ± "
+                f"{other.std:.2g} over {other.n}"
+            )
+    else:
+        scores = trial.user_attrs.get("scores")
+        spread = (
+            f" (mean of {len(scores)} trainings: {', '.join(f'{v:.4g}' for v in scores)})"
+            if scores
+            else ""
+        )
+        print(
+            f"{name}: best of {n_search} completed trials is trial {trial.number}: "
+            f"{spec.study.metric} {trial.value!r}{spread}"
+        )
     print(f"  params: {describe_params(trial.params)}")
     print(f"  seed: {trial.user_attrs.get('seed', 'unknown')}")
     print(f"  MLflow run: {run_id_text}")

@@ -112,14 +112,21 @@ def _report(result: RunResult) -> int:
     if lines:
         print("\n".join(lines))
     elapsed = result.elapsed_s
-    print(f"{name}: {outcome.finished}/{n_trials} trials finished ({elapsed:.0f} s this run)")
+    if spec.study.max_epochs is not None or spec.selection.enabled:
+        print(
+            f"{name}: {outcome.finished} trials finished, {result.epochs_trained:,}"
+            + (f"/{spec.study.max_epochs:,}" if spec.study.max_epochs is not None else "")
+            + f" epochs trained ({elapsed:.0f} s this run)"
+        )
+    else:
+        print(f"{name}: {outcome.finished}/{n_trials} trials finished ({elapsed:.0f} s this run)")
     if result.mirrored:
         print(result.mirrored)
     for line in outcome.worker_lines:
         print(f"hpo run: {line}", file=sys.stderr)
     if outcome.interrupted:
         return _interrupted(outcome, n_trials)
-    if outcome.finished < n_trials and not (outcome.gave_up or outcome.worker_failures):
+    if not result.complete and not (outcome.gave_up or outcome.worker_failures):
         if outcome.worker_stops and not outcome.timed_out:
             print(
                 f"hpo run: every worker was stopped ({outcome.finished}/{n_trials} finished); "
@@ -145,7 +152,7 @@ def _print_header(
 ) -> None:
     print(
         f"{'created' if new else 'resuming'} study {spec.study.name!r} in "
-        f"{settings.redacted()}: {spec.study.n_trials} trials, {spec.sampler.name} sampler, "
+        f"{settings.redacted()}: {spec.describe_budget()}, {spec.sampler.name} sampler, "
         f"{spec.pruner.name} pruner, {workers} worker{'s' if workers > 1 else ''}; "
         f"MLflow: {tracking.describe()}"
     )

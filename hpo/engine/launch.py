@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import optuna
 
+from hpo.engine.budget import Budget
 from hpo.engine.objective import Objective, TrialObserver
 from hpo.engine.pruning import PruningMirror
 from hpo.engine.signals import Lifeline, signal_name
@@ -148,6 +149,7 @@ def run_in_process(
         n_trials=spec.study.n_trials,
         timeout=spec.study.timeout,
         on_trial_end=on_trial_end,
+        budget=Budget.of(spec),
     )
     tracker.refresh()
     settle_heap()

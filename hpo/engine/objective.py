@@ -15,13 +15,14 @@ from typing import Any, Protocol
 import optuna
 from optuna.trial import TrialState
 
+from hpo.engine.protocols import TrainingData, trial_trainings
 from hpo.engine.pruning import PruningMirror
 from hpo.spec.config import TrainConfig
 from hpo.spec.outcomes import EPOCH_METRICS
 from hpo.spec.seeds import INIT_STREAM, SHUFFLE_STREAM, derive_seed, name_key
 from hpo.spec.study_file import StudySpec
 from hpo.storage.optuna_adapter.internals import initial_user_attrs
-from trainer import EpochMetrics, MultiLayerNet, TrainingDiverged, TrainingHistory, train
+from trainer import EpochMetrics, MultiLayerNet, Training, TrainingDiverged, TrainingHistory
 from trainer.data import DataSplits
 
 TRIAL_STREAM = 2  # per-trial seeds: derive_seed(seed, TRIAL_STREAM, name_key(name), number)
@@ -137,8 +138,10 @@ class Objective:
                 raise optuna.TrialPruned(f"pruned at epoch {epoch}")
 
         state, final = TrialState.FAIL, None
+        trainings = self.trainings(seed)
+        together = TrainedTogether()
         try:
-            final = self._train(config, seed, on_epoch_end)
+            final = train_together(trainings, config, on_epoch_end, together)
             state = TrialState.COMPLETE
         except TrainingDiverged as diverged:
             state = TrialState.PRUNED
@@ -152,6 +155,10 @@ class Objective:
             raise
         finally:
             trial.set_user_attr("history", history.columns)
+            if len(trainings) > 1:  # the mean is the value; what it is the mean of, kept
+                trial.set_user_attr("epochs", together.epochs)
+                if state == TrialState.COMPLETE:
+                    trial.set_user_attr("scores", together.scores(self.metric))
             _report_every_epoch(trial, history.columns[self.metric], reported)
             for observer in self.observers:
                 observer.trial_ending(trial)
@@ -160,10 +167,15 @@ class Objective:
                 session.finish(state, value)
         return getattr(final, self.metric)
 
-    def _train(
-        self, config: TrainConfig, seed: int, on_epoch_end: Callable[[int, EpochMetrics], None]
-    ) -> EpochMetrics:
-        return train_trial(self.splits, config, seed, on_epoch_end)[1].final
+    def trainings(self, seed: int) -> list[TrainingData]:
+        """The trial's trainings under the study's protocol (one, for the book's holdout)."""
+        return trial_trainings(
+            self.spec.evaluation,
+            self.splits,
+            trial_seed=seed,
+            study_seed=self.spec.study.seed,
+            val_fraction=self.spec.data.val_fraction,
+        )
 
 
 def _report_every_epoch(
@@ -182,29 +194,81 @@ def _report_every_epoch(
 
 
 def train_trial(
-    splits: DataSplits,
+    splits: DataSplits | TrainingData,
     config: TrainConfig,
     seed: int,
     on_epoch_end: Callable[[int, EpochMetrics], None] | None = None,
 ) -> tuple[MultiLayerNet, TrainingHistory]:
-    """Train one trial's network on the training split, as the objective does: the same seed
+    """Train one network on `splits`' training arrays, as the objective does: the same seed
     gives the same network, so a retrained best trial is the trial that was recorded."""
+    training = _start(splits, config, seed)
+    for _ in range(config.epochs):
+        metrics = training.epoch()
+        if on_epoch_end is not None:
+            on_epoch_end(metrics.epoch, metrics)
+    return training.network, training.history
+
+
+def _start(splits: DataSplits | TrainingData, config: TrainConfig, seed: int) -> Training:
     network = config.build_network(
         splits.x_train.shape[1], splits.n_classes, seed=derive_seed(seed, INIT_STREAM)
     )
-    history = train(
+    return Training(
         network,
         config.build_optimizer(),
         splits.x_train,
         splits.t_train,
         splits.x_val,
         splits.t_val,
-        epochs=config.epochs,
         batch_size=config.batch_size,
         seed=derive_seed(seed, SHUFFLE_STREAM),
-        on_epoch_end=on_epoch_end,
     )
-    return network, history
+
+
+@dataclass
+class TrainedTogether:
+    """What `train_together` trained, kept even when it stops early (pruned, diverged)."""
+
+    runs: list[Training] = field(default_factory=list)
+
+    @property
+    def epochs(self) -> int:
+        """Epochs trained, all trainings together: what a budget of epochs counts."""
+        return sum(len(run.history) for run in self.runs)
+
+    def scores(self, metric: str) -> list[float]:
+        """Each training's final `metric`, in order."""
+        return [getattr(run.history.final, metric) for run in self.runs]
+
+
+def train_together(
+    trainings: list[TrainingData],
+    config: TrainConfig,
+    on_epoch_end: Callable[[int, EpochMetrics], None],
+    together: TrainedTogether,
+) -> EpochMetrics:
+    """Train every one of a trial's networks, all advancing one epoch at a time, and give
+    `on_epoch_end` the mean of their metrics at each epoch: the curve a pruner judges is the
+    trial's estimate so far, never one training's luck. Returns the last epoch's means.
+
+    Each network is exactly the one `train_trial` trains from the same data and seed (one
+    training alone: the book's). `together` holds the trainings as they go.
+    """
+    together.runs = [_start(data, config, data.seed) for data in trainings]
+    means = None
+    for epoch in range(1, config.epochs + 1):
+        each = [run.epoch() for run in together.runs]
+        means = each[0] if len(each) == 1 else _mean(epoch, each)
+        on_epoch_end(epoch, means)
+    assert means is not None
+    return means
+
+
+def _mean(epoch: int, each: list[EpochMetrics]) -> EpochMetrics:
+    columns = [m.as_dict() for m in each]
+    return EpochMetrics(
+        epoch, **{name: sum(c[name] for c in columns) / len(columns) for name in columns[0]}
+    )
 
 
 def replay_trial(

@@ -81,8 +81,21 @@ class RunResult:
 
     @property
     def complete(self) -> bool:
-        """The study has its whole budget of finished trials."""
-        return self.finished >= self.n_trials
+        """The study has spent its whole budget (of finished trials, or of epochs) and run its
+        selection, if it has one."""
+        from hpo.engine.budget import Budget, Next, decide
+
+        budget = Budget.of(self.spec)
+        if budget.in_trials_only:
+            return self.finished >= self.n_trials
+        return decide(budget, self.study.get_trials(deepcopy=False)).next is Next.DONE
+
+    @property
+    def epochs_trained(self) -> int:
+        """Epochs trained by the study's finished trials (what `max_epochs` counts)."""
+        from hpo.spec.outcomes import COUNTED, trial_epochs
+
+        return sum(trial_epochs(t) for t in self.study.get_trials(deepcopy=False, states=COUNTED))
 
     @property
     def best_value(self) -> float | None:
@@ -170,7 +183,9 @@ def _run(
     listener: RunListener,
 ) -> RunResult:
     from hpo.engine.launch import load_study_data, run_in_process, run_worker_processes
+    from hpo.engine.protocols import check_protocol
     from hpo.spec.data import check_data
+    from hpo.spec.evaluation import KFOLD
     from hpo.spec.outcomes import ranked_trials
     from hpo.storage.studies import load_existing_study, prepare_study
     from hpo.tracking.mirror import TrialMirror
@@ -179,10 +194,12 @@ def _run(
         # The data first: missing or corrupt data is one line, and leaves no study behind.
         listener.phase("loading data")
         splits = None
-        if workers == 1:
+        if workers == 1 or spec.evaluation.protocol == KFOLD:
             splits = load_study_data(spec)
         elif spec.trains:  # each worker loads and splits its own
             check_data(spec.data, seed=spec.study.seed)
+        if splits is not None:
+            check_protocol(spec.evaluation, splits)
         listener.phase("preparing the study")
         created = prepare_study(settings, spec)
         if mirror is not None:

@@ -26,6 +26,7 @@ from types import TracebackType
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from hpo.engine.budget import Budget, Next, decide, reevaluations
 from hpo.spec.outcomes import COUNTED_NAMES
 from hpo.storage.database import StorageSettings
 from hpo.storage.locks import StorageLock
@@ -173,8 +174,10 @@ class Worker:
         on_trial_end: TrialListener | None = None,
         poll_interval: float = 1.0,
         max_consecutive_failures: int = 10,
+        budget: Budget | None = None,
     ) -> None:
         self.joined = joined
+        self.budget = budget
         self.settings = settings
         self.objective = objective
         self.n_trials = n_trials
@@ -291,6 +294,8 @@ class Worker:
         if sweep or not self._swept:
             self._fail_dead_workers_trials()
             self._swept = True
+        if self.budget is not None and not self.budget.in_trials_only:
+            return self._try_claim_within(self.budget)
         counts = self.counts()
         finished = sum(counts.get(state, 0) for state in COUNTED_NAMES)
         if finished >= self.n_trials:
@@ -305,6 +310,34 @@ class Worker:
             # Study.optimize, with the heartbeat below.
             warnings.simplefilter("ignore", UserWarning)
             return self.study.ask()
+
+    def _try_claim_within(self, budget: Budget) -> optuna.Trial | _Wait | None:
+        """`_try_claim` for a budget of epochs or a selection, decided from the study's trials
+        (see `hpo.engine.budget`)."""
+        claim = decide(budget, self.study.get_trials(deepcopy=False))
+        if claim.next is Next.DONE:
+            return None
+        if claim.next is Next.WAIT:
+            return _WAIT
+        queued = 0
+        for finalist in claim.finalists:  # Next.SELECT: queued once, under this lock
+            for attrs in reevaluations(finalist, budget.evaluations):
+                self.study.enqueue_trial(dict(finalist.params), user_attrs=attrs)
+                queued += 1
+        if claim.finalists:
+            logger.info(
+                "search done: re-evaluating its %d best trials %d more times each",
+                len(claim.finalists),
+                budget.evaluations,
+            )
+        if self.joined.batched is not None:
+            self.joined.batched.expect_waiting(queued or self._waiting())
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # see _try_claim
+            return self.study.ask()
+
+    def _waiting(self) -> int:
+        return self.counts().get("WAITING", 0)
 
     def _fail_dead_workers_trials(self) -> None:
         """Fail trials whose worker died (stale heartbeat, or none at all) and retry them once.

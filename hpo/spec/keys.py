@@ -19,8 +19,8 @@ from hpo.spec.limits import MAX_LAYERS, MAX_WIDTH
 from trainer import OPTIMIZERS
 
 SECTIONS: tuple[str, ...] = (
-    "study", "data", "model", "train", "paths", "activations", "search", "sampler", "pruner",
-    "narrowing", "enqueue",
+    "study", "data", "model", "train", "evaluation", "selection", "paths", "activations",
+    "search", "sampler", "pruner", "narrowing", "enqueue",
 )  # fmt: skip
 
 # Kinds of value, checked before any range: "int" refuses booleans (True is an int in Python)
@@ -31,6 +31,7 @@ STUDY_KEYS = {
     "metric": "str",
     "direction": "str",
     "n_trials": "int",
+    "max_epochs": "int",
     "timeout": "number",
     "seed": "int",
 }
@@ -66,6 +67,8 @@ TRAIN_KEYS = {
     "epochs": "int",
     "batch_size": "int",
 }
+EVALUATION_KEYS = {"protocol": "str", "folds": "int", "repeats": "int"}
+SELECTION_KEYS = {"finalists": "int", "evaluations": "int"}
 # The sections of the studies that train nothing (see hpo.spec.kinds): each kind's fixed settings.
 PATHS_KEYS = {"start": "number_list", "steps": "int", "lr": "table"}
 ACTIVATIONS_KEYS = {"n_inputs": "int", "input_dim": "int", "bins": "int"}
@@ -74,6 +77,8 @@ SECTION_KEYS: dict[str, dict[str, str]] = {
     "data": DATA_KEYS,
     "model": MODEL_KEYS,
     "train": TRAIN_KEYS,
+    "evaluation": EVALUATION_KEYS,
+    "selection": SELECTION_KEYS,
     "paths": PATHS_KEYS,
     "activations": ACTIVATIONS_KEYS,
 }

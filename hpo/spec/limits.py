@@ -14,6 +14,7 @@ MAX_TRIALS = 1_000_000  # [study] n_trials, --n-trials
 MAX_TIMEOUT_S = 10_000_000  # [study] timeout: about 115 days
 MAX_SEED = 2**63 - 1  # [study] seed, [[enqueue]] seed: what a 64-bit integer holds
 MAX_EPOCHS = 100_000  # [train] epochs
+MAX_TOTAL_EPOCHS = 10**12  # [study] max_epochs: every trial's training, summed
 MAX_LAYERS = 100  # hidden layers (the book: at most 7)
 MAX_WIDTH = 65_536  # units in one hidden layer
 MAX_PARAMETERS = 100_000_000  # weights of one network (about 2.4 GB with Adam's state)

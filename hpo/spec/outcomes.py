@@ -8,6 +8,9 @@ trial is the best completed one, ties going to the lower number (`ranked_trials`
 
 from __future__ import annotations
 
+import statistics
+from dataclasses import dataclass
+
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
@@ -27,7 +30,77 @@ EPOCH_METRICS: tuple[str, ...] = ("train_loss", "train_acc", "val_loss", "val_ac
 
 
 def ranked_trials(study: optuna.Study) -> list[FrozenTrial]:
-    """Completed trials, best first (ties by trial number, so the order is stable)."""
+    """Completed trials of the search, best first (ties by trial number, so the order is
+    stable). After a selection, its finalists come first, best mean first: the first is the
+    study's winner (see `selection_estimates`); re-evaluation trials are not listed."""
     trials = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-    sign = -1.0 if study.direction == optuna.study.StudyDirection.MAXIMIZE else 1.0
-    return sorted(trials, key=lambda t: (sign * completed_value(t), t.number))
+    maximize = study.direction == optuna.study.StudyDirection.MAXIMIZE
+    sign = -1.0 if maximize else 1.0
+    finalists = [e.trial for e in _estimates(trials, maximize)]
+    chosen = {t.number for t in finalists}
+    rest = [t for t in trials if not is_selection(t) and t.number not in chosen]
+    return finalists + sorted(rest, key=lambda t: (sign * completed_value(t), t.number))
+
+
+# -- trials of a study with a [selection] (see hpo.spec.evaluation) ------------------------------
+
+SELECTION_OF = "selection_of"  # user attribute of a re-evaluation trial: its finalist's number
+
+
+def is_selection(trial: FrozenTrial) -> bool:
+    """A trial of the selection (a finalist evaluated again), not of the search."""
+    return SELECTION_OF in trial.user_attrs
+
+
+def trial_epochs(trial: FrozenTrial) -> int:
+    """Epochs the trial trained, all its trainings together (what `max_epochs` counts)."""
+    epochs = trial.user_attrs.get("epochs")
+    if epochs is not None:
+        return int(epochs)
+    return len((trial.user_attrs.get("history") or {}).get("val_acc", []))
+
+
+def trial_scores(trial: FrozenTrial) -> list[float]:
+    """A completed trial's score per training: its `scores` under a protocol that trains
+    several, else its one value."""
+    scores = trial.user_attrs.get("scores")
+    return [float(s) for s in scores] if scores else [completed_value(trial)]
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """A finalist's estimate: the mean of every training of it, the search's and the
+    selection's, with their spread (sample standard deviation; 0 for one)."""
+
+    trial: FrozenTrial
+    scores: tuple[float, ...]
+
+    @property
+    def n(self) -> int:
+        return len(self.scores)
+
+    @property
+    def mean(self) -> float:
+        return statistics.fmean(self.scores)
+
+    @property
+    def std(self) -> float:
+        return statistics.stdev(self.scores) if self.n > 1 else 0.0
+
+
+def selection_estimates(study: optuna.Study) -> list[Estimate]:
+    """The finalists of the study's selection, best mean first (ties by trial number); empty
+    when no selection has run."""
+    trials = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    return _estimates(trials, study.direction == optuna.study.StudyDirection.MAXIMIZE)
+
+
+def _estimates(trials: list[FrozenTrial], maximize: bool) -> list[Estimate]:
+    scores: dict[int, list[float]] = {}
+    for trial in trials:
+        if is_selection(trial):
+            scores.setdefault(int(trial.user_attrs[SELECTION_OF]), []).extend(trial_scores(trial))
+    finalists = [t for t in trials if t.number in scores]
+    estimates = [Estimate(t, (*trial_scores(t), *scores[t.number])) for t in finalists]
+    sign = -1.0 if maximize else 1.0
+    return sorted(estimates, key=lambda e: (sign * e.mean, e.trial.number))

@@ -14,7 +14,7 @@ import os
 import re
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 from hpo.errors import ConfigError
 from hpo.spec.config import DataConfig, TrainConfig
 from hpo.spec.data import DATA_DIR_ENV, default_data_dir
+from hpo.spec.evaluation import HOLDOUT, KFOLD, RESHUFFLED, EvaluationSpec, SelectionSpec
 from hpo.spec.keys import (
     ENQUEUE_KEYS,
     MODEL_KEYS,
@@ -38,7 +39,7 @@ from hpo.spec.keys import (
     toml_repr,
 )
 from hpo.spec.kinds import KINDS, STUDY_KINDS, TRAINING, Direction, StudyKind
-from hpo.spec.limits import MAX_SEED, MAX_TIMEOUT_S, MAX_TRIALS
+from hpo.spec.limits import MAX_SEED, MAX_TIMEOUT_S, MAX_TOTAL_EPOCHS, MAX_TRIALS
 from hpo.spec.probe_settings import ProbeSettings
 from hpo.spec.search.samplers import PRUNERS, SAMPLERS, PrunerSpec, SamplerSpec
 from hpo.spec.search.space import ParamSpec, SearchSpace, same_value
@@ -64,6 +65,7 @@ class StudySettings:
     n_trials: int = 100
     timeout: float | None = None
     seed: int = 0
+    max_epochs: int | None = None  # every trial's training, summed (see `StudySpec.max_epochs`)
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name.strip():
@@ -110,6 +112,14 @@ class StudySettings:
             raise ConfigError(
                 f"must be an integer from 0 to 2**63 - 1, but got {toml_repr(self.seed)}",
                 key="study.seed",
+            )
+        if self.max_epochs is not None and (
+            not is_int(self.max_epochs) or not 1 <= self.max_epochs <= MAX_TOTAL_EPOCHS
+        ):
+            raise ConfigError(
+                f"must be an integer from 1 to {MAX_TOTAL_EPOCHS:,} (epochs trained by all "
+                f"trials together), but got {toml_repr(self.max_epochs)}",
+                key="study.max_epochs",
             )
 
 
@@ -180,12 +190,68 @@ class StudySpec:
     enqueue: tuple[EnqueuedTrial, ...] = ()
     narrowing: Mapping[str, Any] | None = None
     probe: ProbeSettings | None = None
+    evaluation: EvaluationSpec = field(default_factory=EvaluationSpec)
+    selection: SelectionSpec = field(default_factory=SelectionSpec)
 
     def __post_init__(self) -> None:
         self.sampler.check_space(self.space)
         _check_pruner(self.kind, self.pruner)
         if self.probe is not None:
             self.probe.check_space(self.space)
+        self._check_budget()
+
+    def _check_budget(self) -> None:
+        """A budget of epochs must hold at least one trial, and the selection's trials."""
+        epochs = self.study.max_epochs
+        if epochs is None:
+            return
+        if epochs < self.trial_epochs + self.selection_epochs:
+            need = self.trial_epochs + self.selection_epochs
+            raise ConfigError(
+                f"must hold at least one trial ({self.trial_epochs:,} epochs: "
+                f"{self.evaluation.trainings} training(s) of {self.base.epochs}) and the "
+                f"selection ({self.selection_epochs:,}), {need:,} in all, but got {epochs:,}",
+                key="study.max_epochs",
+            )
+
+    @property
+    def trial_epochs(self) -> int:
+        """The most epochs one trial trains: each of its trainings to the end."""
+        return self.evaluation.trainings * self.base.epochs
+
+    @property
+    def selection_epochs(self) -> int:
+        """The most epochs the selection's re-evaluations train, kept out of the search."""
+        return self.selection.trials * self.trial_epochs
+
+    @property
+    def search_epochs(self) -> int | None:
+        """The search's share of `max_epochs` (None: the budget is in trials only)."""
+        if self.study.max_epochs is None:
+            return None
+        return self.study.max_epochs - self.selection_epochs
+
+    def describe_budget(self) -> str:
+        """The budget and the protocol in words, for `hpo run`'s header."""
+        if self.study.max_epochs is not None:
+            budget = f"at most {self.study.max_epochs:,} epochs"
+            if self.study.n_trials < MAX_TRIALS:
+                budget += f" and {self.study.n_trials:,} trials"
+        else:
+            budget = f"{self.study.n_trials} trials"
+        if self.evaluation.protocol != HOLDOUT:
+            budget += f", each scored by {self.evaluation.describe()}"
+        if self.selection.enabled:
+            budget += (
+                f", then the {self.selection.finalists} best re-evaluated "
+                f"{self.selection.evaluations} more times each"
+            )
+        return budget
+
+    @property
+    def pools_validation(self) -> bool:
+        """Whether trials split the search pool (training + validation) themselves."""
+        return self.evaluation.protocol in (KFOLD, RESHUFFLED)
 
     @functools.cached_property
     def decision_epochs(self) -> frozenset[int]:
@@ -383,9 +449,10 @@ def _parse(
         kind=kind_name,
         metric=metric,
         direction=study.get("direction", kind.direction_of(metric)),
-        n_trials=study.get("n_trials", 100),
+        n_trials=study.get("n_trials", 100 if "max_epochs" not in study else MAX_TRIALS),
         timeout=study.get("timeout"),
         seed=study.get("seed", 0),
+        max_epochs=study.get("max_epochs"),
     )
     kind.check_sections(document)
     data = _data_config(tables["data"], base_dir, environ)
@@ -422,6 +489,8 @@ def _parse(
         enqueue=_enqueued(document.get("enqueue"), space),
         narrowing=MappingProxyType(provenance) if "narrowing" in document else None,
         probe=kind.read_settings(tables),
+        evaluation=EvaluationSpec(**tables["evaluation"]),
+        selection=SelectionSpec(**tables["selection"]),
     )
 
 

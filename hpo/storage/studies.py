@@ -22,6 +22,7 @@ from typing import Any
 import optuna
 
 from hpo.errors import ConfigError
+from hpo.spec.evaluation import HOLDOUT
 from hpo.spec.names import check_new_study_name
 from hpo.spec.seeds import derive_seed, name_key
 from hpo.spec.study_file import StudySpec, parse_study
@@ -69,6 +70,8 @@ def fingerprint(spec: StudySpec) -> dict[str, Any]:
         "space": space,
         "conditions": {k: v for k, v in conditions.items() if v},
     }
+    if spec.evaluation.protocol != HOLDOUT:  # the book's holdout is what older studies did
+        result["evaluation"] = spec.evaluation.as_dict()
     if spec.probe is not None:  # a study that trains nothing: its kind and its own settings
         result["kind"] = spec.study.kind
         result["probe"] = spec.probe.as_dict()

@@ -1,0 +1,301 @@
+"""Evaluation protocols, budgets in epochs and the selection phase (issue 15).
+
+The trainings of a trial are checked against the data (folds partition the search pool,
+the test split is never in it), the objective against single trainings (bit for bit), the
+budget decision as a pure function, and the whole against real `hpo run` processes on SQLite.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import optuna
+import pytest
+from optuna.trial import TrialState, create_trial
+
+from hpo.engine.budget import Budget, Next, decide, reevaluations
+from hpo.engine.objective import Objective, replay_trial, train_trial
+from hpo.engine.protocols import trial_trainings
+from hpo.errors import ConfigError
+from hpo.spec.data import load_splits
+from hpo.spec.evaluation import EvaluationSpec
+from hpo.spec.outcomes import SELECTION_OF, ranked_trials, selection_estimates, trial_epochs
+from hpo.spec.study_file import load_study_file, parse_study
+
+HPO = [sys.executable, "-m", "hpo.cli"]
+
+STUDY = """\
+[study]
+name = "robust"
+seed = 3
+{study}
+
+[data]
+dataset = "digits"
+n_samples = 600
+test_fraction = 0.2
+
+[model]
+hidden_size_list = [16]
+
+[train]
+optimizer = "sgd"
+epochs = {epochs}
+
+[search.lr]
+type = "float"
+low = 1e-3
+high = 0.5
+log = true
+
+[sampler]
+name = "random"
+
+{extra}
+"""
+
+
+def _write(tmp_path: Path, *, study: str = "", epochs: int = 3, extra: str = "") -> Path:
+    path = tmp_path / "robust.toml"
+    path.write_text(STUDY.format(study=study, epochs=epochs, extra=extra))
+    return path
+
+
+def _ids(x: np.ndarray) -> set[bytes]:
+    return {row.tobytes() for row in x}
+
+
+# -- what a trial trains --------------------------------------------------------------------
+
+
+def test_kfold_partitions_the_search_pool_and_keeps_the_test_split_out(tmp_path):
+    spec = load_study_file(_write(tmp_path, extra='[evaluation]\nprotocol = "kfold"\nfolds = 4'))
+    splits = load_splits(spec.data, seed=spec.study.seed)
+    trainings = trial_trainings(
+        spec.evaluation, splits, trial_seed=11, study_seed=3, val_fraction=0.2
+    )
+    pool = _ids(splits.x_train) | _ids(splits.x_val)
+    vals = [_ids(t.x_val) for t in trainings]
+    assert len(trainings) == 4
+    assert set().union(*vals) == pool  # every pool sample is validated once...
+    assert sum(len(v) for v in vals) == len(pool)  # ...and only once
+    for training, val in zip(trainings, vals, strict=True):
+        assert _ids(training.x_train) | val == pool
+        assert not _ids(training.x_train) & val
+    assert not pool & _ids(splits.test()[0])
+    assert trainings[0].seed == 11
+    assert len({t.seed for t in trainings}) == 4
+    again = trial_trainings(spec.evaluation, splits, trial_seed=99, study_seed=3, val_fraction=0.2)
+    assert [_ids(t.x_val) for t in again] == vals  # the study's folds, whatever the trial
+
+
+def test_a_reshuffled_holdout_draws_a_split_per_trial_and_repeats_keep_the_study_split(
+    tmp_path,
+):
+    spec = load_study_file(_write(tmp_path))
+    splits = load_splits(spec.data, seed=spec.study.seed)
+    reshuffled = EvaluationSpec("reshuffled")
+    a = trial_trainings(reshuffled, splits, trial_seed=1, study_seed=3, val_fraction=0.2)
+    b = trial_trainings(reshuffled, splits, trial_seed=2, study_seed=3, val_fraction=0.2)
+    a2 = trial_trainings(reshuffled, splits, trial_seed=1, study_seed=3, val_fraction=0.2)
+    assert len(a) == 1
+    assert _ids(a[0].x_val) != _ids(b[0].x_val)
+    assert _ids(a[0].x_val) == _ids(a2[0].x_val)
+    assert len(a[0].t_val) == len(splits.t_val)  # the same share of the same pool
+    repeats = trial_trainings(
+        EvaluationSpec("repeats", repeats=3), splits, trial_seed=5, study_seed=3, val_fraction=0.2
+    )
+    assert next(t.seed for t in repeats) == 5
+    assert len({t.seed for t in repeats}) == 3
+    assert all(_ids(t.x_val) == _ids(splits.x_val) for t in repeats)
+
+
+def test_a_trial_of_several_trainings_scores_their_mean_and_each_is_a_plain_training(tmp_path):
+    spec = load_study_file(_write(tmp_path, extra='[evaluation]\nprotocol = "kfold"\nfolds = 3'))
+    splits = load_splits(spec.data, seed=spec.study.seed)
+    trial = optuna.trial.FixedTrial({"lr": 0.05})
+    trial.set_user_attr("seed", 7)
+    value = Objective(spec, splits)(trial)
+    scores = trial.user_attrs["scores"]
+    assert len(scores) == 3
+    assert value == pytest.approx(sum(scores) / 3)
+    assert trial.user_attrs["epochs"] == 9
+    assert trial.user_attrs["history"]["val_acc"][-1] == pytest.approx(value)
+    config = spec.space.suggest(optuna.trial.FixedTrial({"lr": 0.05}), spec.base)
+    for data, score in zip(
+        trial_trainings(spec.evaluation, splits, trial_seed=7, study_seed=3, val_fraction=0.2),
+        scores,
+        strict=True,
+    ):
+        _network, history = train_trial(data, config, data.seed)
+        assert history.final.val_acc == score  # advancing together changes no bit
+    replayed = replay_trial(spec, splits, {"lr": 0.05}, 7)
+    assert replayed == trial.user_attrs["history"]
+
+
+@pytest.mark.parametrize(
+    ("study", "extra", "key"),
+    [
+        ("", '[evaluation]\nprotocol = "bootstrap"', "evaluation.protocol"),
+        ("", '[evaluation]\nprotocol = "kfold"\nfolds = 1', "evaluation.folds"),
+        ("", "[evaluation]\nrepeats = true", "evaluation.repeats"),
+        ("", "[selection]\nfinalists = -1", "selection.finalists"),
+        ("", "[selection]\nfinalists = 2\nevaluations = 0", "selection.evaluations"),
+        ("max_epochs = 0", "", "study.max_epochs"),
+        # one trial of 3 folds × 3 epochs does not fit in 8
+        ("max_epochs = 8", '[evaluation]\nprotocol = "kfold"\nfolds = 3', "study.max_epochs"),
+        # the selection's 2 × 1 × 3 epochs leave no room for a trial of 3
+        ("max_epochs = 8", "[selection]\nfinalists = 2\nevaluations = 1", "study.max_epochs"),
+    ],
+)
+def test_bad_protocol_selection_and_budget_settings_are_refused_by_key(
+    tmp_path, study, extra, key
+):
+    with pytest.raises(ConfigError) as error:
+        load_study_file(_write(tmp_path, study=study, extra=extra))
+    assert error.value.key == key, error.value
+
+
+def test_a_kfold_the_classes_cannot_fill_is_refused_before_the_study_exists(tmp_path):
+    path = _write(tmp_path, extra='[evaluation]\nprotocol = "kfold"\nfolds = 20')
+    text = path.read_text().replace("n_samples = 600", "n_samples = 150")
+    path.write_text(text)
+    storage = f"sqlite:///{tmp_path / 's.db'}"
+    run = _hpo("run", str(path), "--storage", storage, "--no-mlflow", cwd=tmp_path)
+    assert run.returncode == 2, run.stderr
+    assert "evaluation.folds" in run.stderr
+    assert "Traceback" not in run.stderr
+    assert not optuna.get_all_study_names(storage)
+
+
+# -- the budget in epochs, and the selection --------------------------------------------------
+
+
+def _trial(number: int, state: TrialState, value: float | None, epochs: int, **attrs):
+    trial = create_trial(
+        state=state if state != TrialState.RUNNING else TrialState.COMPLETE,
+        value=value if value is not None else 0.0,
+        params={},
+        distributions={},
+        user_attrs={"epochs": epochs, "seed": number, **attrs},
+    )
+    trial.number = number
+    trial.state = state
+    if state != TrialState.COMPLETE:
+        trial.value = None
+    return trial
+
+
+BUDGET = Budget(
+    n_trials=10**6, trial_epochs=10, search_epochs=50, finalists=2, evaluations=2, maximize=True
+)
+
+
+def test_a_trial_starts_only_if_its_most_epochs_fit_beside_what_is_held():
+    done = [_trial(i, TrialState.COMPLETE, 0.5, 10) for i in range(3)]
+    assert decide(BUDGET, done).next is Next.ASK  # 30 + 10 <= 50
+    running = [*done, _trial(3, TrialState.RUNNING, None, 0)]
+    assert decide(BUDGET, running).next is Next.ASK  # 30 + 10 held + 10 = 50
+    two = [*running, _trial(4, TrialState.RUNNING, None, 0)]
+    assert decide(BUDGET, two).next is Next.WAIT  # 30 + 20 held: full, and trials run
+    pruned = [*done, _trial(3, TrialState.PRUNED, None, 2), _trial(4, TrialState.PRUNED, None, 3)]
+    assert decide(BUDGET, pruned).next is Next.ASK  # 35 spent: a pruned trial frees epochs
+
+
+def test_the_selection_starts_once_the_search_has_ended_and_takes_the_best():
+    values = [0.3, 0.9, 0.5, 0.9, 0.1]
+    done = [_trial(i, TrialState.COMPLETE, v, 10) for i, v in enumerate(values)]
+    claim = decide(BUDGET, done)
+    assert claim.next is Next.SELECT
+    assert [t.number for t in claim.finalists] == [1, 3]  # ties: the lower number first
+    with_failure = [*done[:4], _trial(4, TrialState.RUNNING, None, 0)]
+    assert decide(BUDGET, with_failure).next is Next.WAIT  # never select before all ended
+    attrs = reevaluations(claim.finalists[0], 2)
+    assert [a[SELECTION_OF] for a in attrs] == [1, 1]
+    assert len({a["seed"] for a in attrs}) == 2
+    queued = [*done, _trial(5, TrialState.WAITING, None, 0, **attrs[0])]
+    assert decide(BUDGET, queued).next is Next.ASK
+    over = [*done, _trial(5, TrialState.COMPLETE, 0.5, 10, **attrs[0])]
+    assert decide(BUDGET, over).next is Next.DONE
+
+
+def _hpo(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [*HPO, *args],
+        cwd=cwd,
+        env=os.environ | {"OPENBLAS_NUM_THREADS": "1"},
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+
+
+@pytest.mark.slow
+def test_two_workers_spend_the_epoch_budget_exactly_and_select_by_mean(tmp_path):
+    extra = (
+        '[evaluation]\nprotocol = "kfold"\nfolds = 3\n[selection]\nfinalists = 2\nevaluations = 2'
+    )
+    # one trial: 3 folds x 3 epochs = 9; the selection: 2 x 2 x 9 = 36; the search: 64 - 36
+    path = _write(tmp_path, study="max_epochs = 100", extra=extra)
+    storage = f"sqlite:///{tmp_path / 's.db'}"
+    run = _hpo("run", str(path), "--storage", storage, "--no-mlflow", "--workers", "2",
+               "--no-progress", cwd=tmp_path)  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    study = optuna.load_study(study_name="robust", storage=storage)
+    trials = study.get_trials()
+    counted = [t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
+    search = [t for t in counted if SELECTION_OF not in t.user_attrs]
+    selection = [t for t in counted if SELECTION_OF in t.user_attrs]
+    assert sum(map(trial_epochs, counted)) <= 100
+    assert len(search) == 7  # 64 epochs hold 7 trials of 9, not 8
+    assert len(selection) == 4
+    assert f"{sum(map(trial_epochs, counted))}/100 epochs trained" in run.stdout
+    finalists = sorted(search, key=lambda t: (-t.value, t.number))[:2]
+    assert {t.user_attrs[SELECTION_OF] for t in selection} == {t.number for t in finalists}
+    estimates = selection_estimates(study)
+    assert [e.n for e in estimates] == [9, 9]  # 3 folds, in the search and twice more
+    assert ranked_trials(study)[0].number == estimates[0].trial.number
+    for estimate in estimates:
+        mine = [t for t in selection if t.user_attrs[SELECTION_OF] == estimate.trial.number]
+        expected = [*estimate.trial.user_attrs["scores"]] + [
+            s for t in mine for s in t.user_attrs["scores"]
+        ]
+        assert estimate.mean == pytest.approx(np.mean(expected))
+    again = _hpo("run", str(path), "--storage", storage, "--no-mlflow", "--no-progress",
+                 cwd=tmp_path)  # fmt: skip
+    assert again.returncode == 0, again.stderr
+    assert len(optuna.load_study(study_name="robust", storage=storage).trials) == len(trials)
+    best = _hpo("best", "robust", "--storage", storage, "--no-mlflow", "--retrain", cwd=tmp_path)
+    assert best.returncode == 0, best.stderr
+    winner = estimates[0]
+    assert f"trial {winner.trial.number} won the selection" in best.stdout
+    assert f"of {winner.n} trainings" in best.stdout
+    assert ": identical" in best.stdout
+    assert "test split" in best.stdout
+
+
+def test_a_resumed_study_cannot_change_its_protocol(tmp_path):
+    path = _write(tmp_path, study="n_trials = 1")
+    storage = f"sqlite:///{tmp_path / 's.db'}"
+    first = _hpo("run", str(path), "--storage", storage, "--no-mlflow", cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    path.write_text(path.read_text() + '\n[evaluation]\nprotocol = "repeats"\n')
+    second = _hpo("run", str(path), "--storage", storage, "--no-mlflow", cwd=tmp_path)
+    assert second.returncode == 2, second.stderr
+    assert "evaluation" in second.stderr
+    assert "Traceback" not in second.stderr
+
+
+def test_parse_keeps_holdout_for_the_books_files():
+    spec = parse_study(
+        {"search": {"lr": {"type": "float", "low": 0.001, "high": 0.1}}}, source="x"
+    )
+    assert spec.evaluation.protocol == "holdout"
+    assert spec.evaluation.trainings == 1
+    assert not spec.selection.enabled
+    assert spec.study.max_epochs is None
