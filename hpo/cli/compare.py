@@ -1,4 +1,4 @@
-"""`hpo compare`: samplers and pruners side by side over seeds, with a report."""
+"""`hpo compare`: samplers and pruners (or study files) side by side over seeds, with a report."""
 
 from __future__ import annotations
 
@@ -35,34 +35,43 @@ def _names(text: str) -> list[str]:
 def _add_compare_parser(commands: Commands) -> None:
     p = commands.add_parser(
         "compare",
-        help="samplers and pruners side by side over several seeds, with a report",
+        help="samplers and pruners, or study files, side by side over several seeds, "
+        "with a report",
         description="Run the study of STUDY.toml once per (sampler, pruner, seed), at the same "
         "trial budget and, per seed, on the same data split; then write report.md, figures "
         "and results.csv (one row per trial, from which every number in the report can be "
-        "recomputed). Interrupted, the same command resumes.",
+        "recomputed). Given several study files (hpo compare A.toml B.toml), each file is an "
+        "arm run as it is written (its sampler, pruner and budget), the first the reference; "
+        "seed k gives every arm the first file's seed + k, and the files must share their "
+        "[data] and metric. Interrupted, the same command resumes.",
     )
-    p.add_argument("study_file", metavar="STUDY.toml")
+    p.add_argument("study_files", nargs="+", metavar="STUDY.toml")
     storage_flag(p)
     p.add_argument(
         "--samplers",
         type=_names,
-        default=["random", "tpe"],
-        help="comma-separated (default: random,tpe)",
+        help="comma-separated (default: random,tpe; one study file only)",
     )
     p.add_argument(
         "--pruners",
         type=_names,
-        default=["none", "median"],
-        help="comma-separated (default: none,median)",
+        help="comma-separated (default: none,median; one study file only)",
     )
     p.add_argument("--seeds", type=int, default=5, help="studies per arm (default 5)")
-    p.add_argument("--n-trials", type=int, help="budget per study (default: the file's)")
+    p.add_argument(
+        "--n-trials", type=int, help="budget per study (default: the file's; one file only)"
+    )
     p.add_argument(
         "--parallel", type=int, default=1, metavar="N", help="studies run at once (default 1)"
     )
     # `--workers` means worker processes per study in `hpo run`; here it was studies at once.
     p.add_argument("--workers", type=int, help=argparse.SUPPRESS)
-    p.add_argument("--out", type=Path, help="report directory (default reports/compare-NAME)")
+    p.add_argument(
+        "--out",
+        type=Path,
+        help="report directory (default reports/compare-NAME, or "
+        "reports/compare-files-NAME with several files: NAME the first file's study)",
+    )
     p.add_argument(
         "--noise-trainings",
         type=int,
@@ -97,7 +106,7 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     tracking = tracking_from(args)
     command = "hpo compare " + " ".join(sys.argv[2:]) if len(sys.argv) > 2 else "hpo compare"
     done = compare(
-        args.study_file, samplers=args.samplers, pruners=args.pruners, seeds=args.seeds,
+        args.study_files, samplers=args.samplers, pruners=args.pruners, seeds=args.seeds,
         n_trials=args.n_trials, storage=args.storage, out=args.out, parallel=args.parallel,
         noise_trainings=args.noise_trainings, audit=args.audit, tracking=tracking,
         report_only=args.report_only, command=command, listener=_Printer(),
@@ -126,10 +135,11 @@ class _Printer(CompareListener):
 
     def planned(self, comparison: ComparePlan, storage: StorageSettings) -> None:
         arms = ", ".join(a.name for a in comparison.arms)
+        trials = "its file's trials each" if comparison.files else f"{comparison.n_trials} trials"
         print(
             f"{comparison.prefix}: {len(comparison.arms)} arms ({arms}) × "
             f"{len(comparison.seeds)} seeds = {len(comparison.jobs())} studies of "
-            f"{comparison.n_trials} trials in {storage.redacted()}"
+            f"{trials} in {storage.redacted()}"
         )
 
     def study_done(self, outcome: JobOutcome, finished: int, total: int) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import warnings
+from collections.abc import Mapping
 
 import matplotlib
 
@@ -85,16 +86,21 @@ def best_so_far_vs_epochs(rows: list[Row], metric: str, points: int = 400) -> Fi
 
 
 def final_values(
-    rows: list[Row], n_trials: int, metric: str, noise: tuple[float, float] | None
+    rows: list[Row],
+    n_trials: int | Mapping[str, int],
+    metric: str,
+    noise: tuple[float, float] | None,
 ) -> Figure:
-    """Each seed's final best per arm, with the noise check's spread for scale."""
+    """Each seed's final best per arm (at the arm's budget: `n_trials`, or its entry when
+    file arms have their own), with the noise check's spread for scale."""
     curves = _curves(rows)
     arms = list(curves)
     fig, ax = plt.subplots(figsize=(max(5, 1.6 * len(arms)), 4.5))
     data = []
     for arm in arms:
+        budget = n_trials if isinstance(n_trials, int) else n_trials[arm]
         finals = [
-            next((r.best_so_far for r in seed_rows if r.index == n_trials), np.nan)
+            next((r.best_so_far for r in seed_rows if r.index == budget), np.nan)
             for seed_rows in curves[arm].values()
         ]
         data.append([v for v in finals if v is not None and not np.isnan(v)])

@@ -76,10 +76,10 @@ class Comparison:
 
 
 def compare(
-    study: StudySpec | str | os.PathLike[str],
+    study: StudySpec | str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
     *,
-    samplers: Sequence[str] = ("random", "tpe"),
-    pruners: Sequence[str] = ("none", "median"),
+    samplers: Sequence[str] | None = None,
+    pruners: Sequence[str] | None = None,
     seeds: int = 5,
     n_trials: int | None = None,
     storage: StorageSettings | str | None = None,
@@ -95,11 +95,15 @@ def compare(
 ) -> Comparison:
     """Run the study once per (sampler, pruner, seed) at the same budget, then write report.md,
     the figures and results.csv to `out` (default `reports/compare-<name>/`), as `hpo compare`
-    does; run again, it resumes. Each study is an `hpo run` process in `storage`, `parallel` at
-    a time; `tracking` mirrors them to MLflow (True, a tracking URI, or False), `experiment`
-    defaulting to the comparison's name. `report_only` runs nothing. The report itself is
-    logged to MLflow by `hpo compare`, not here. `command` is what the report says made it.
+    does; run again, it resumes. Samplers default to random and tpe, pruners to none and
+    median. Given a list of two or more study files, each file is an arm instead, run as it is
+    written (no samplers, pruners or n_trials then), the first the reference. Each study is an
+    `hpo run` process in `storage`, `parallel` at a time; `tracking` mirrors them to MLflow
+    (True, a tracking URI, or False), `experiment` defaulting to the comparison's name.
+    `report_only` runs nothing. The report itself is logged to MLflow by `hpo compare`, not
+    here. `command` is what the report says made it.
     """
+    from hpo.analysis.comparison.files import plan_files
     from hpo.analysis.comparison.studies import plan
     from hpo.spec.load import load_study
     from hpo.spec.names import study_folder
@@ -107,17 +111,30 @@ def compare(
     from hpo.tracking.runs import TrackingSettings, resolve_tracking
 
     check_options(parallel=parallel, seeds=seeds, noise_trainings=noise_trainings, audit=audit)
-    spec = study if not isinstance(study, (str, os.PathLike)) else load_study(study)
-    spec.require_training("hpo compare")
-    study_file = Path(study) if isinstance(study, (str, os.PathLike)) else spec.path
-    if study_file is None:
-        from hpo.errors import ConfigError
+    if isinstance(study, (list, tuple)) and len(study) == 1:
+        study = study[0]
+    if isinstance(study, (list, tuple)):
+        comparison = plan_files(study, seeds=seeds, samplers=samplers, pruners=pruners,
+                                n_trials=n_trials)  # fmt: skip
+        spec = comparison.spec
+    else:
+        path: Path | None
+        if isinstance(study, (str, os.PathLike)):
+            spec, path = load_study(study), Path(study)
+        else:
+            assert not isinstance(study, Sequence)
+            spec, path = study, study.path
+        spec.require_training("hpo compare")
+        if path is None:
+            from hpo.errors import ConfigError
 
-        raise ConfigError(
-            "each study of a comparison reads the study file, but this spec has none"
-        )
-    comparison = plan(spec, study_file, samplers=samplers, pruners=pruners, seeds=seeds,
-                      n_trials=n_trials)  # fmt: skip
+            raise ConfigError(
+                "each study of a comparison reads the study file, but this spec has none"
+            )
+        samplers = list(samplers) if samplers is not None else ["random", "tpe"]
+        pruners = list(pruners) if pruners is not None else ["none", "median"]
+        comparison = plan(spec, path, samplers=samplers, pruners=pruners, seeds=seeds,
+                          n_trials=n_trials)  # fmt: skip
     settings = storage if isinstance(storage, StorageSettings) else resolve_storage(storage)
     if not isinstance(tracking, TrackingSettings):
         tracking = resolve_tracking(uri_flag=tracking if isinstance(tracking, str) else None,
@@ -134,9 +151,23 @@ def compare(
     rows = measure(comparison, settings, noise_trainings=noise_trainings, audit=audit,
                    listener=listener)  # fmt: skip
     if command is None:
-        command = (f"hpo.compare({str(study_file)!r}, samplers={list(samplers)}, pruners="
-                   f"{list(pruners)}, seeds={seeds}, n_trials={comparison.n_trials})")  # fmt: skip
+        command = _api_call(comparison, samplers, pruners, seeds)
     return write_comparison(spec, comparison, rows, directory, command=command)
+
+
+def _api_call(
+    comparison: ComparePlan,
+    samplers: Sequence[str] | None,
+    pruners: Sequence[str] | None,
+    seeds: int,
+) -> str:
+    """The call that made the comparison, as its report says."""
+    if comparison.files:
+        files = [str(arm.file) for arm in comparison.arms]
+        return f"hpo.compare({files!r}, seeds={seeds})"
+    return (f"hpo.compare({str(comparison.study_file)!r}, samplers={list(samplers or [])}, "
+            f"pruners={list(pruners or [])}, seeds={seeds}, "
+            f"n_trials={comparison.n_trials})")  # fmt: skip
 
 
 def check_options(*, parallel: int, seeds: int, noise_trainings: int, audit: int) -> None:
@@ -150,7 +181,8 @@ def check_options(*, parallel: int, seeds: int, noise_trainings: int, audit: int
 def check_before_training(spec: StudySpec, comparison: ComparePlan) -> None:
     """Everything the comparison needs that could fail after hours of training: the data
     loads and keeps a test split (each arm's best is retrained and tested), and every study
-    it creates can take its name."""
+    it creates can take its name. File arms share one [data] (`files.plan_files` checked),
+    so one split stands for all; each file is named if it has no test split."""
     from hpo.analysis.best import require_test_split
     from hpo.spec.data import load_splits
     from hpo.spec.names import check_new_study_name
@@ -158,7 +190,8 @@ def check_before_training(spec: StudySpec, comparison: ComparePlan) -> None:
     for job in comparison.jobs():
         check_new_study_name(job.study_name)
     splits = load_splits(spec.data, seed=spec.study.seed)
-    require_test_split(spec, splits, command="hpo compare")
+    for arm_spec in [comparison.spec_of(arm) for arm in comparison.arms] or [spec]:
+        require_test_split(arm_spec, splits, command="hpo compare")
 
 
 def _run_studies(
@@ -209,9 +242,10 @@ def measure(
         finished = sum(
             t.state in COUNTED for study in mine for t in study.get_trials(deepcopy=False)
         )
-        if finished < comparison.n_trials:
+        budget = comparison.budget(job.arm)
+        if finished < budget:
             raise ConfigError(
-                f"{job.study_name!r} has {finished} of {comparison.n_trials} trials; run "
+                f"{job.study_name!r} has {finished} of {budget} trials; run "
                 "the comparison (without --report-only) to finish it"
             )
         for study in mine:
@@ -245,15 +279,22 @@ def write_comparison(
     out.mkdir(parents=True, exist_ok=True)
     write_rows(rows, out / "results.csv")
     rows = read_rows(out / "results.csv")  # the report is computed from the file itself
-    metric = spec.study.metric
+    metric = spec.study.metric  # file arms agree on it, and on the data
     maximize = spec.study.direction == "maximize"
     reference = comparison.reference.name if comparison.reference else None
+    budgets = None
+    if comparison.files:  # each file its own trials and epochs
+        budgets = {
+            arm.name: (comparison.budget(arm), comparison.spec_of(arm).base.epochs)
+            for arm in comparison.arms
+        }
     summary = summarize(rows, n_trials=comparison.n_trials, epochs=spec.base.epochs,
-                        maximize=maximize, reference=reference)  # fmt: skip
+                        maximize=maximize, reference=reference, budgets=budgets)  # fmt: skip
+    trials = {arm.name: comparison.budget(arm) for arm in comparison.arms}
     figures = {
-        FIGURES[0]: best_so_far_vs_trials(rows, comparison.n_trials, metric),
+        FIGURES[0]: best_so_far_vs_trials(rows, max(trials.values()), metric),
         FIGURES[1]: best_so_far_vs_epochs(rows, metric),
-        FIGURES[2]: final_values(rows, comparison.n_trials, metric, summary.noise_range),
+        FIGURES[2]: final_values(rows, trials, metric, summary.noise_range),
     }
     import matplotlib.pyplot as plt
 

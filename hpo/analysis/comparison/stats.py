@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import json
 import statistics
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date
 
 import numpy as np
 
-from hpo.analysis.comparison.studies import Row, budget_index
+from hpo.analysis.comparison.studies import SELECTION, Row, budget_index
 
 CHECKPOINTS = (0.10, 0.25, 0.50, 1.00)
 
@@ -41,6 +41,8 @@ class Spread:
 class ArmSummary:
     arm: str
     seeds: list[int]
+    n_trials: int  # the arm's budget: trials per study
+    epochs: int  # at most, per trial (one training)
     at_checkpoint: dict[float, Spread | None] = field(default_factory=dict)
     finals: dict[int, float] = field(default_factory=dict)  # seed -> final best
     trials_to_target: dict[int, int | None] = field(default_factory=dict)
@@ -69,6 +71,7 @@ class Summary:
     noise: Spread | None
     noise_range: tuple[float, float] | None
     noise_count: int
+    files: bool = False  # each arm a study file with its own budget: compute compared too
 
 
 def _better(a: float, b: float, maximize: bool) -> bool:
@@ -76,17 +79,24 @@ def _better(a: float, b: float, maximize: bool) -> bool:
 
 
 def summarize(
-    rows: list[Row], *, n_trials: int, epochs: int, maximize: bool, reference: str | None
+    rows: list[Row],
+    *,
+    n_trials: int,
+    epochs: int,
+    maximize: bool,
+    reference: str | None,
+    budgets: Mapping[str, tuple[int, int]] | None = None,
 ) -> Summary:
-    """Each arm's numbers over its seeds, then how each compares with the reference arm."""
+    """Each arm's numbers over its seeds, then how each compares with the reference arm.
+    `budgets` gives file arms their own (trials, epochs), for `n_trials` and `epochs`."""
     by_arm: dict[str, dict[int, list[Row]]] = {}
     for row in rows:
         if row.kind == "trial":
             by_arm.setdefault(row.arm, {}).setdefault(row.seed, []).append(row)
-    arms = {
-        arm: _arm_summary(arm, seeds, n_trials=n_trials, epochs=epochs, maximize=maximize)
-        for arm, seeds in by_arm.items()
-    }
+    arms = {}
+    for arm, seeds in by_arm.items():
+        trials, most = (budgets or {}).get(arm, (n_trials, epochs))
+        arms[arm] = _arm_summary(arm, seeds, n_trials=trials, epochs=most, maximize=maximize)
     target = None
     if reference in arms and arms[reference].finals:
         target = float(statistics.median(arms[reference].finals.values()))
@@ -105,6 +115,7 @@ def summarize(
         noise=Spread.of(noise_values),
         noise_range=(min(noise_values), max(noise_values)) if noise_values else None,
         noise_count=len(noise_values),
+        files=budgets is not None,
     )
 
 
@@ -112,7 +123,7 @@ def _arm_summary(
     arm: str, seeds: dict[int, list[Row]], *, n_trials: int, epochs: int, maximize: bool
 ) -> ArmSummary:
     """What one arm's seeds did on their own: finals, costs, pruning, audit, checkpoints."""
-    summary = ArmSummary(arm, sorted(seeds))
+    summary = ArmSummary(arm, sorted(seeds), n_trials=n_trials, epochs=epochs)
     for seed, seed_rows in seeds.items():
         _add_seed(summary, seed, seed_rows, n_trials=n_trials, epochs=epochs, maximize=maximize)
     for fraction in CHECKPOINTS:
@@ -142,7 +153,9 @@ def _add_seed(
     final = by_index.get(n_trials)
     if final is not None and final.best_so_far is not None:
         summary.finals[seed] = final.best_so_far
-    summary.epochs_total[seed] = sum(r.epochs for r in finished)
+    # Compute spent: the search's finished trials and any re-evaluation (selection) trials.
+    selection = [r for r in seed_rows if r.role == SELECTION and r.state != "FAIL"]
+    summary.epochs_total[seed] = sum(r.epochs for r in [*finished, *selection])
     summary.trial_time[seed] = sum(r.duration_s or 0.0 for r in seed_rows)
     pruned = [r for r in finished if r.state == "PRUNED"]
     summary.pruned[seed] = len(pruned)
@@ -231,20 +244,30 @@ def median_interval(
 def summary_json(summary: Summary) -> dict[str, object]:
     """summary.json: each arm's headline numbers, for scripts (the report's test table)."""
     arms = []
+    ref_epochs = epochs_median(summary.arms.get(summary.reference or ""))
     for name, arm in summary.arms.items():
         test = Spread.of(list(arm.test_acc.values()))
         gain = Spread.of(list(arm.paired_test_gain.values()))
-        epochs = list(arm.epochs_total.values())
+        epochs = epochs_median(arm)
         arms.append({
             "name": name,
             "seeds": len(arm.seeds),
+            "n_trials": arm.n_trials,
             "test_acc_median": test.median if test else None,
             "paired_test_gain_median": gain.median if gain else None,
             "paired_test_gain_ci95": list(arm.gain_interval) if arm.gain_interval else None,
             "wilcoxon_p": arm.wilcoxon[1] if arm.wilcoxon else None,
-            "epochs_median": float(statistics.median(epochs)) if epochs else None,
+            "epochs_median": epochs,
+            "epochs_ratio": epochs / ref_epochs if epochs is not None and ref_epochs else None,
         })  # fmt: skip
     return {"reference": summary.reference, "n_trials": summary.n_trials, "arms": arms}
+
+
+def epochs_median(arm: ArmSummary | None) -> float | None:
+    """Epochs trained per study, median over the arm's seeds: its compute."""
+    if arm is None or not arm.epochs_total:
+        return None
+    return float(statistics.median(arm.epochs_total.values()))
 
 
 def _median_int(values: list[int | None]) -> float | None:
@@ -267,16 +290,27 @@ def render(
 ) -> str:
     """report.md: the table, the noise yardstick, what pruning saved and cost, plainly said."""
     s = summary
-    ref = s.arms.get(s.reference) if s.reference else None
-    ref_epochs = statistics.median(ref.epochs_total.values()) if ref and ref.epochs_total else None
+    ref_epochs = epochs_median(s.arms.get(s.reference or ""))
+    if s.files:
+        budget = (
+            "each arm a study file with its own budget ("
+            + ", ".join(
+                f"{arm}: {a.n_trials} trials of at most {a.epochs} epochs"
+                for arm, a in s.arms.items()
+            )
+            + "), every arm seeded alike, so that each seed splits the data alike"
+        )
+    else:
+        budget = f"{s.n_trials} trials of at most {s.epochs} epochs each"
     lines = [
         f"# Comparison: {study}",
         "",
         f"{len(s.arms)} arms × {max(len(a.seeds) for a in s.arms.values())} seeds, "
-        f"{s.n_trials} trials of at most {s.epochs} epochs each; {data}. Generated "
+        f"{budget}; {data}. Generated "
         f"{date.today().isoformat()} by `{command}`. Every number below is recomputed from "
         "`results.csv`: medians over seeds, [first–third quartile].",
         *_progress_table(s, metric),
+        *(_compute_table(s, ref_epochs) if s.files else []),
         *_cost_table(s, ref_epochs),
         *_test_table(s),
         *_noise_section(s, metric),
@@ -324,7 +358,7 @@ def _cost_table(s: Summary, ref_epochs: float | None) -> list[str]:
         total_epochs = statistics.median(a.epochs_total.values()) if a.epochs_total else 0
         lines.append(
             f"| {arm} | {len(reached)}/{len(a.trials_to_target)} | "
-            f"{fraction_text(trials, s.n_trials)} | "
+            f"{fraction_text(trials, a.n_trials)} | "
             f"{fraction_text(epochs_needed, ref_epochs) if ref_epochs else '—'} | "
             f"{total_epochs:g} | {statistics.median(a.trial_time.values()):.1f} |"
         )
@@ -375,7 +409,7 @@ def _pruning_sections(s: Summary) -> list[str]:
         if not a.pruned or not any(a.pruned.values()):
             continue
         saved = sum(a.epochs_saved.values())
-        possible = s.epochs * len(a.seeds) * s.n_trials
+        possible = a.epochs * len(a.seeds) * a.n_trials
         lines += [
             "",
             f"## What pruning did in {arm}",
@@ -410,7 +444,7 @@ def _verdict(s: Summary, arm: str, a: ArmSummary, ref_epochs: float | None) -> s
         parts.append(f"never reached {s.reference}'s median best")
     else:
         assert epochs_needed is not None  # set with trials_to_target, from one row
-        share = 100 * trials / s.n_trials
+        share = 100 * trials / a.n_trials
         epochs_share = 100 * epochs_needed / ref_epochs if ref_epochs else float("nan")
         parts.append(
             f"reached {s.reference}'s median best after {trials:g} trials "
@@ -421,7 +455,40 @@ def _verdict(s: Summary, arm: str, a: ArmSummary, ref_epochs: float | None) -> s
     if p is not None:
         plain = "a difference unlikely to be chance" if p < 0.05 else "no evidence of a difference"
         parts.append(f"final best p = {p:.3g}: {plain}")
+    if s.files:
+        parts.append(_compute_verdict(s, a, ref_epochs))
     return f"- **{arm}**: " + "; ".join(parts) + "."
+
+
+def _compute_table(s: Summary, ref_epochs: float | None) -> list[str]:
+    """File arms: the compute each spent, against the reference's, so that a gain bought with
+    more training is read as such."""
+    lines = [
+        "",
+        "## Compute: epochs trained per study (median over seeds)",
+        "",
+        f"| arm | trials per study | epochs trained per study | ratio to {s.reference} |",
+        "| --- | ---: | ---: | ---: |",
+    ]
+    for arm, a in s.arms.items():
+        epochs = epochs_median(a)
+        ratio = f"{epochs / ref_epochs:.2f}" if epochs is not None and ref_epochs else "—"
+        epochs_text = f"{epochs:g}" if epochs is not None else "—"
+        lines.append(f"| {arm} | {a.n_trials} | {epochs_text} | {ratio} |")
+    return lines
+
+
+def _compute_verdict(s: Summary, a: ArmSummary, ref_epochs: float | None) -> str:
+    epochs = epochs_median(a)
+    if epochs is None or not ref_epochs:
+        return "compute against the reference unknown (no epochs recorded)"
+    ratio = epochs / ref_epochs
+    if epochs > ref_epochs:
+        return (
+            f"**not at equal compute**: it trained {epochs:g} epochs per study, {ratio:.2f}× "
+            f"{s.reference}'s {ref_epochs:g}, so part of any gain may be the extra training"
+        )
+    return f"at equal or lower compute: {epochs:g} epochs per study, {ratio:.2f}× {s.reference}'s"
 
 
 def params_of(row: Row) -> dict:

@@ -1,7 +1,8 @@
 """`hpo compare`: the same study with several samplers and pruners, several seeds each.
 
 Every (sampler, pruner) pair is an arm; every arm runs one study per seed with the same
-trial budget, and seed k gives every arm the same data split. Each study is an ordinary
+trial budget, and seed k gives every arm the same data split. Given several study files,
+each file is an arm instead, run as it is written (`files.plan_files`). Each study is an ordinary
 `hpo run` in a process of its own, in the same storage, under a systematic name, so an
 interrupted comparison resumes like any study. What the studies did becomes `results.csv`,
 one row per (arm, seed, trial); the report is computed from those rows alone.
@@ -19,7 +20,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -39,16 +40,22 @@ logger = logging.getLogger(__name__)
 
 NOISE_STREAM = 4  # training seeds of the noise check: derive_seed(seed, NOISE_STREAM, i)
 AUDIT_STREAM = 5  # which pruned trials the pruning audit re-trains
+SEARCH, SELECTION = "search", "selection"  # Row.role
 
 
 @dataclass(frozen=True)
 class Arm:
+    """A (sampler, pruner) pair over one study file, or a study file of its own (`file`):
+    then `sampler` and `pruner` are the file's, and `label` (its stem, made unique) names it."""
+
     sampler: str
     pruner: str
+    file: Path | None = None
+    label: str = ""
 
     @property
     def name(self) -> str:
-        return f"{self.sampler}+{self.pruner}"
+        return self.label or f"{self.sampler}+{self.pruner}"
 
 
 @dataclass(frozen=True)
@@ -63,7 +70,10 @@ class Job:
 
 @dataclass(frozen=True)
 class ComparePlan:
-    """What a comparison runs: arms × seeds, each a study of `n_trials` in one storage."""
+    """What a comparison runs: arms × seeds, each a study of `n_trials` in one storage.
+
+    With file arms, `spec` and `study_file` are the first file's (the reference), and each
+    arm has its own spec in `arm_specs` (by arm name) and its file's budget."""
 
     spec: StudySpec
     study_file: Path
@@ -72,6 +82,19 @@ class ComparePlan:
     n_trials: int
     prefix: str
     stages: int = 3  # of the narrowing arm
+    arm_specs: Mapping[str, StudySpec] = field(default_factory=dict)
+
+    @property
+    def files(self) -> bool:
+        """Whether each arm is a study file of its own (`hpo compare A.toml B.toml`)."""
+        return any(arm.file is not None for arm in self.arms)
+
+    def spec_of(self, arm: Arm) -> StudySpec:
+        return self.arm_specs.get(arm.name, self.spec)
+
+    def budget(self, arm: Arm) -> int:
+        """The arm's trials per study: its file's own, or the comparison's."""
+        return self.spec_of(arm).study.n_trials if arm.file is not None else self.n_trials
 
     def jobs(self) -> list[Job]:
         from hpo.analysis.comparison.narrowing_arm import NARROWING, stage_names
@@ -79,7 +102,8 @@ class ComparePlan:
         jobs = []
         for seed in self.seeds:
             for arm in self.arms:
-                label = f"{self.prefix}--{arm.sampler}-{arm.pruner}--seed{seed}"
+                tag = arm.label if arm.file is not None else f"{arm.sampler}-{arm.pruner}"
+                label = f"{self.prefix}--{tag}--seed{seed}"
                 studies = (
                     tuple(stage_names(self.prefix, arm.pruner, seed, self.stages))
                     if arm.sampler == NARROWING
@@ -90,7 +114,10 @@ class ComparePlan:
 
     @property
     def reference(self) -> Arm | None:
-        """The arm every other is measured against: random search without pruning."""
+        """The arm every other is measured against: the first file of file arms, else random
+        search without pruning."""
+        if self.files:
+            return self.arms[0]
         for arm in self.arms:
             if arm == Arm("random", "none"):
                 return arm
@@ -224,6 +251,11 @@ def _command(
     common = ["--no-mlflow"] if not tracking.enabled else [
         "--experiment", tracking.experiment or comparison.prefix
     ]  # fmt: skip
+    if job.arm.file is not None:  # the file as it is written; only the seed is the comparison's
+        return [
+            sys.executable, "-m", "hpo.cli", "run", str(job.arm.file),
+            "--study-name", job.study_name, "--seed", str(job.seed), "--no-progress", *common,
+        ]  # fmt: skip
     if job.arm.sampler == NARROWING:
         return [
             sys.executable, "-m", "hpo.analysis.comparison.narrowing_arm",
@@ -264,6 +296,7 @@ class Row:
     test_acc: float | None = None
     full_length_value: float | None = None
     params: str = ""
+    role: str = SEARCH  # SELECTION: a re-evaluation trial (user attr `selection_of`)
 
     @classmethod
     def header(cls) -> list[str]:
@@ -277,12 +310,22 @@ class Row:
 
 
 def _epochs(trial: FrozenTrial) -> int:
+    """Epochs the trial trained: its `epochs` user attribute when it has one (the total over
+    all the networks it trained, e.g. k folds), else the length of its one history."""
+    total = trial.user_attrs.get("epochs")
+    if isinstance(total, int) and not isinstance(total, bool):
+        return total
     return len((trial.user_attrs.get("history") or {}).get("val_acc", []))
+
+
+def _role(trial: FrozenTrial) -> str:
+    return SELECTION if "selection_of" in trial.user_attrs else SEARCH
 
 
 def study_rows(job: Job, studies: Sequence[optuna.Study]) -> list[Row]:
     """The job's trials in order (a narrowing arm's stages one after the other); only finished
-    trials count towards the budget's index."""
+    search trials count towards the budget's index and the best so far (selection trials,
+    re-evaluations of earlier ones, are rows of their own)."""
     maximize = studies[0].direction == optuna.study.StudyDirection.MAXIMIZE
     rows: list[Row] = []
     index, epochs_so_far, best = 0, 0, None
@@ -295,11 +338,12 @@ def study_rows(job: Job, studies: Sequence[optuna.Study]) -> list[Row]:
         if trial.state not in ENDED:
             continue
         epochs = _epochs(trial)
-        finished = trial.state != TrialState.FAIL
+        role = _role(trial)
+        finished = trial.state != TrialState.FAIL and role == SEARCH
         if finished:
             index += 1
             epochs_so_far += epochs
-        value = trial.value if trial.state == TrialState.COMPLETE else None
+        value = trial.value if trial.state == TrialState.COMPLETE and role == SEARCH else None
         if value is not None and (best is None or (value > best if maximize else value < best)):
             best = value
         rows.append(
@@ -319,6 +363,7 @@ def study_rows(job: Job, studies: Sequence[optuna.Study]) -> list[Row]:
                 duration_s=trial.duration.total_seconds() if trial.duration else None,
                 best_so_far=best if finished else None,
                 params=json.dumps(trial.params, sort_keys=True),
+                role=role,
             )
         )
     return rows
@@ -380,9 +425,10 @@ def add_test_accuracy(
     specs: dict[str, StudySpec],
     progress: Callable[[], None] = lambda: None,
 ) -> None:
-    """Retrain each arm-seed study's best configuration once (its own seed, so the identical
-    network) and record its accuracy on the held-out test split: the only use of that split.
-    """
+    """Retrain each arm-seed study's winner (`winner.winning_trial`) once, with its own seed
+    (so the identical network), and record its accuracy on the held-out test split: the only
+    use of that split. A narrowing arm's winner is the best of its stages' winners (ties: the
+    earlier stage)."""
     from hpo.analysis.best import evaluate_on_test, retrain
 
     by_run: dict[tuple[str, int], list[Row]] = {}
@@ -390,17 +436,35 @@ def add_test_accuracy(
         if row.kind == "trial":
             by_run.setdefault((row.arm, row.seed), []).append(row)
     for run_rows in by_run.values():
-        maximize = studies[run_rows[0].study].direction == optuna.study.StudyDirection.MAXIMIZE
-        best = _best_row(run_rows, maximize)
-        if best is None:
+        names = dict.fromkeys(r.study for r in run_rows)  # the job's studies, in order
+        won = _job_winner([studies[name] for name in names])
+        if won is None:
             continue
-        study = studies[best.study]
-        trial = next(t for t in study.get_trials(deepcopy=False) if t.number == best.number)
+        study, trial = won
+        best = next(
+            r for r in run_rows if r.study == study.study_name and r.number == trial.number
+        )
         retrained = retrain(specs[best.study], trial)
         if not retrained.identical:
             raise RuntimeError(f"{retrained!r}: the best trial of {best.study} did not reproduce")
         best.test_acc = evaluate_on_test(retrained).acc
         progress()
+
+
+def _job_winner(studies: Sequence[optuna.Study]) -> tuple[optuna.Study, FrozenTrial] | None:
+    """The best of the studies' winners (ties: the earlier study)."""
+    from hpo.analysis.comparison.winner import winning_trial
+
+    found: tuple[optuna.Study, FrozenTrial] | None = None
+    best = math.nan
+    for study in studies:
+        trial = winning_trial(study)
+        if trial is None or trial.value is None:
+            continue
+        maximize = study.direction == optuna.study.StudyDirection.MAXIMIZE
+        if found is None or (trial.value > best if maximize else trial.value < best):
+            found, best = (study, trial), trial.value
+    return found
 
 
 def add_noise_check(
@@ -415,7 +479,7 @@ def add_noise_check(
     from hpo.engine.objective import train_trial
     from hpo.spec.data import load_splits
 
-    trial_rows = [r for r in rows if r.kind == "trial"]
+    trial_rows = [r for r in rows if r.kind == "trial" and r.role == SEARCH]
     maximize = next(iter(studies.values())).direction == optuna.study.StudyDirection.MAXIMIZE
     best = _best_row(trial_rows, maximize)
     extras = Extras()
