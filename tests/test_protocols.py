@@ -7,6 +7,8 @@ budget decision as a pure function, and the whole against real `hpo run` process
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import os
 import subprocess
 import sys
@@ -19,7 +21,7 @@ from optuna.trial import TrialState, create_trial
 
 from hpo.engine.budget import Budget, Next, decide, reevaluations
 from hpo.engine.objective import Objective, replay_trial, train_trial
-from hpo.engine.protocols import trial_trainings
+from hpo.engine.protocols import TrainingData, trial_trainings
 from hpo.errors import ConfigError
 from hpo.spec.data import load_splits
 from hpo.spec.evaluation import EvaluationSpec
@@ -299,3 +301,63 @@ def test_parse_keeps_holdout_for_the_books_files():
     assert spec.evaluation.trainings == 1
     assert not spec.selection.enabled
     assert spec.study.max_epochs is None
+
+
+# -- the final model, and what MLflow records --------------------------------------------------
+
+
+def test_refit_trains_the_final_model_on_the_whole_search_pool_after_an_exact_replay(tmp_path):
+    from hpo.analysis.best import best_trial, evaluate_on_test, retrain
+    from hpo.engine.run import run_study
+
+    path = _write(
+        tmp_path, study="n_trials = 3", extra='[evaluation]\nprotocol = "reshuffled"\nrefit = true'
+    )
+    result = run_study(path, storage=f"sqlite:///{tmp_path / 's.db'}", tracking=False)
+    spec = result.spec
+    trial = best_trial(result.study)
+    retrained = retrain(spec, trial)
+    assert retrained.identical  # the first training, on the trial's own split, bit for bit
+    assert retrained.refit is not None
+    assert retrained.model is retrained.refit
+    splits = load_splits(spec.data, seed=spec.study.seed)
+    config = spec.space.suggest(optuna.trial.FixedTrial(dict(trial.params)), spec.base)
+    pool = TrainingData(
+        np.concatenate([splits.x_train, splits.x_val]),
+        np.concatenate([splits.t_train, splits.t_val]),
+        splits.x_val,
+        splits.t_val,
+        retrained.seed,
+        splits.n_classes,
+    )
+    expected, _ = train_trial(pool, config, retrained.seed)
+    np.testing.assert_array_equal(retrained.refit.flat_params, expected.flat_params)
+    x_test, t_test = splits.test()
+    assert evaluate_on_test(retrained).acc == expected.evaluate(x_test, t_test)[1]
+    # without refit, the tested model is the reproduced training itself
+    plain = retrain(dataclasses.replace(spec, evaluation=EvaluationSpec("reshuffled")), trial)
+    assert plain.refit is None
+    assert plain.model is plain.network
+
+
+@pytest.mark.slow
+def test_the_mlflow_parent_run_records_the_selection(tmp_path):
+    from _checks import mlflow_runs
+
+    extra = '[evaluation]\nprotocol = "repeats"\nrepeats = 2\n[selection]\nfinalists = 2'
+    path = _write(tmp_path, study="max_epochs = 36", epochs=2, extra=extra)
+    storage, tracking = f"sqlite:///{tmp_path / 's.db'}", f"sqlite:///{tmp_path / 'mlflow.db'}"
+    run = _hpo("run", str(path), "--storage", storage, "--tracking-uri", tracking,
+               "--experiment", "robust", "--no-progress", cwd=tmp_path)  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    study = optuna.load_study(study_name="robust", storage=storage)
+    winner = selection_estimates(study)[0]
+    parents, children = mlflow_runs(tracking, "robust")
+    assert len(parents) == 1
+    assert len(children) == len(study.trials)  # the re-evaluations are runs too
+    parent = parents[0].data
+    assert parent.tags["hpo.selected_trial"] == str(winner.trial.number)
+    assert parent.metrics["selected_val_acc_mean"] == pytest.approx(winner.mean)
+    assert parent.metrics["selected_trainings"] == winner.n == 6  # 2 repeats, 3 times
+    finalists = json.loads(parent.tags["hpo.selection"])
+    assert [f["trial"] for f in finalists] == [e.trial.number for e in selection_estimates(study)]

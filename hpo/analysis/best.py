@@ -11,12 +11,14 @@ retrained network, some validation rows as the input example, and the test figur
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
@@ -78,6 +80,12 @@ class Retrained:
     network: MultiLayerNet
     splits: DataSplits
     retrained: float
+    refit: MultiLayerNet | None = None  # trained on the whole search pool (`[evaluation] refit`)
+
+    @property
+    def model(self) -> MultiLayerNet:
+        """The network to test and publish: the refit one if there is one."""
+        return self.refit if self.refit is not None else self.network
 
     @property
     def recorded(self) -> float:
@@ -127,7 +135,7 @@ def retrain(
     test figures. The caller checks `identical` before `evaluate_on_test`.
     """
     from hpo.engine.objective import train_trial
-    from hpo.engine.protocols import trial_trainings
+    from hpo.engine.protocols import TrainingData, trial_trainings
     from hpo.spec.data import load_splits
 
     seed = trial_seed_of(trial)
@@ -143,7 +151,19 @@ def retrain(
     )[0]
     network, history = train_trial(first, config, seed, on_epoch_end)
     metric = spec.study.metric
-    return Retrained(trial, seed, metric, network, splits, getattr(history.final, metric))
+    retrained = Retrained(trial, seed, metric, network, splits, getattr(history.final, metric))
+    if spec.evaluation.refit and retrained.identical:
+        pool = TrainingData(
+            np.concatenate([splits.x_train, splits.x_val]),
+            np.concatenate([splits.t_train, splits.t_val]),
+            splits.x_val,  # reported on, never chosen by: the choice is made
+            splits.t_val,
+            seed,
+            splits.n_classes,
+        )
+        refit, _history = train_trial(pool, config, seed)
+        retrained = dataclasses.replace(retrained, refit=refit)
+    return retrained
 
 
 def evaluate_on_test(retrained: Retrained) -> HeldOutResult:
@@ -151,7 +171,7 @@ def evaluate_on_test(retrained: Retrained) -> HeldOutResult:
     if not retrained.identical:
         raise RuntimeError(f"{retrained!r} did not reproduce the trial: no test for it")
     x_test, t_test = retrained.splits.test()
-    loss, acc = retrained.network.evaluate(x_test, t_test)
+    loss, acc = retrained.model.evaluate(x_test, t_test)
     return HeldOutResult(float(loss), float(acc), len(t_test), retrained.splits.test_source)
 
 
@@ -166,7 +186,7 @@ def publish(
     return log_best_model(
         client,
         parent,
-        retrained.network,
+        retrained.model,
         retrained.splits.x_val[:EXAMPLE_ROWS],
         trial_number=retrained.trial.number,
         seed=retrained.seed,

@@ -161,6 +161,12 @@ def _retrain(spec: StudySpec, trial: FrozenTrial) -> Retrained | None:
             file=sys.stderr,
         )
         return None
+    if retrained.refit is not None:
+        n = len(retrained.splits.t_train) + len(retrained.splits.t_val)
+        print(
+            f"refit: trained again on the whole search pool ({n} samples: training and "
+            "validation) with the same parameters and seed; this is the model tested"
+        )
     return retrained
 
 

@@ -38,8 +38,16 @@ class EvaluationSpec:
     protocol: str = HOLDOUT
     folds: int = 5
     repeats: int = 3
+    # The final model (`hpo best --retrain`) trained on the whole search pool, training and
+    # validation together, once the winner's first training has reproduced exactly: the
+    # validation split has done its job by then, and a small pool's last fifth is worth having.
+    refit: bool = False
 
     def __post_init__(self) -> None:
+        if not isinstance(self.refit, bool):
+            raise ConfigError(
+                f"must be true or false, but got {toml_repr(self.refit)}", key="evaluation.refit"
+            )
         if self.protocol not in PROTOCOLS:
             raise ConfigError(
                 f"must be one of {', '.join(map(toml_repr, PROTOCOLS))}, but got "

@@ -67,7 +67,7 @@ TRAIN_KEYS = {
     "epochs": "int",
     "batch_size": "int",
 }
-EVALUATION_KEYS = {"protocol": "str", "folds": "int", "repeats": "int"}
+EVALUATION_KEYS = {"protocol": "str", "folds": "int", "repeats": "int", "refit": "bool"}
 SELECTION_KEYS = {"finalists": "int", "evaluations": "int"}
 # The sections of the studies that train nothing (see hpo.spec.kinds): each kind's fixed settings.
 PATHS_KEYS = {"start": "number_list", "steps": "int", "lr": "table"}

@@ -14,6 +14,7 @@ still be sending them.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
@@ -23,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 import optuna
 from optuna.trial import FrozenTrial
 
-from hpo.spec.outcomes import ENDED, EPOCH_METRICS, completed_value
+from hpo.spec.outcomes import ENDED, EPOCH_METRICS, completed_value, selection_estimates
 from hpo.storage.database import StorageSettings
 from hpo.storage.locks import StorageLock
 from hpo.tracking.runs import (
@@ -43,6 +44,8 @@ from hpo.tracking.runs import (
 if TYPE_CHECKING:
     from mlflow import MlflowClient
 
+
+SELECTED_TRIAL_TAG, FINALISTS_TAG = "hpo.selected_trial", "hpo.selection"
 logger = logging.getLogger(__name__)
 
 
@@ -224,3 +227,32 @@ def _log_best(client: MlflowClient, parent: StudyRun, study: optuna.Study, metri
         client.log_batch(
             parent.run_id, metrics=[Metric(key, completed_value(best), epoch_ms(), best.number)]
         )
+    _log_selection(client, parent, study, metric)
+
+
+def _log_selection(
+    client: MlflowClient, parent: StudyRun, study: optuna.Study, metric: str
+) -> None:
+    """The selection's outcome on the parent run, once it has one: the winner, its mean,
+    spread and number of trainings as metrics, every finalist's as a JSON tag."""
+    from mlflow.entities import Metric, RunTag
+
+    estimates = selection_estimates(study)
+    if not estimates:
+        return
+    winner, now = estimates[0], epoch_ms()
+    finalists = [
+        {"trial": e.trial.number, "mean": e.mean, "std": e.std, "n": e.n} for e in estimates
+    ]
+    client.log_batch(
+        parent.run_id,
+        metrics=[
+            Metric(f"selected_{metric}_mean", winner.mean, now, 0),
+            Metric(f"selected_{metric}_std", winner.std, now, 0),
+            Metric("selected_trainings", float(winner.n), now, 0),
+        ],
+        tags=[
+            RunTag(SELECTED_TRIAL_TAG, str(winner.trial.number)),
+            RunTag(FINALISTS_TAG, json.dumps(finalists)),
+        ],
+    )

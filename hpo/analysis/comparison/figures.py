@@ -85,6 +85,13 @@ def best_so_far_vs_epochs(rows: list[Row], metric: str, points: int = 400) -> Fi
     return fig
 
 
+def _last_best(seed_rows: list[Row], budget: int) -> float:
+    """The best so far at the budget's last trial (a budget of epochs: the last finished)."""
+    within = [r for r in seed_rows if r.index is not None and r.index <= budget]
+    last = max(within, key=lambda r: r.finished_index, default=None)
+    return last.best_so_far if last is not None and last.best_so_far is not None else np.nan
+
+
 def final_values(
     rows: list[Row],
     n_trials: int | Mapping[str, int],
@@ -99,10 +106,7 @@ def final_values(
     data = []
     for arm in arms:
         budget = n_trials if isinstance(n_trials, int) else n_trials[arm]
-        finals = [
-            next((r.best_so_far for r in seed_rows if r.index == budget), np.nan)
-            for seed_rows in curves[arm].values()
-        ]
+        finals = [_last_best(seed_rows, budget) for seed_rows in curves[arm].values()]
         data.append([v for v in finals if v is not None and not np.isnan(v)])
     ax.boxplot(data, tick_labels=arms, widths=0.5)
     for i, values in enumerate(data, start=1):

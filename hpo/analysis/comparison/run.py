@@ -20,6 +20,8 @@ from typing import TYPE_CHECKING
 from hpo.spec.limits import MAX_SEEDS, MAX_WORKERS, check_range
 
 if TYPE_CHECKING:  # imported where used: `hpo compare` subclasses CompareListener at start-up
+    import optuna
+
     from hpo.analysis.comparison.stats import Summary
     from hpo.analysis.comparison.studies import ComparePlan, JobOutcome, Row
     from hpo.spec.study_file import StudySpec
@@ -243,7 +245,7 @@ def measure(
             t.state in COUNTED for study in mine for t in study.get_trials(deepcopy=False)
         )
         budget = comparison.budget(job.arm)
-        if finished < budget:
+        if not _complete(comparison.spec_of(job.arm), mine, finished, budget):
             raise ConfigError(
                 f"{job.study_name!r} has {finished} of {budget} trials; run "
                 "the comparison (without --report-only) to finish it"
@@ -262,6 +264,16 @@ def measure(
         with listener.step(line, "pruning audit", None, "trial") as done:
             add_pruning_audit(rows, studies, specs, audit, progress=done)
     return rows
+
+
+def _complete(spec: StudySpec, studies: list[optuna.Study], finished: int, budget: int) -> bool:
+    """Whether an arm-seed study has spent its budget (of trials, or epochs and a selection)."""
+    from hpo.engine.budget import Budget, Next, decide
+
+    plan = Budget.of(spec)
+    if plan.in_trials_only or len(studies) != 1:
+        return finished >= budget
+    return decide(plan, studies[0].get_trials(deepcopy=False)).next is Next.DONE
 
 
 def write_comparison(
@@ -285,14 +297,15 @@ def write_comparison(
     budgets = None
     if comparison.files:  # each file its own trials and epochs
         budgets = {
-            arm.name: (comparison.budget(arm), comparison.spec_of(arm).base.epochs)
+            arm.name: (comparison.budget(arm), comparison.spec_of(arm).trial_epochs)
             for arm in comparison.arms
         }
     summary = summarize(rows, n_trials=comparison.n_trials, epochs=spec.base.epochs,
                         maximize=maximize, reference=reference, budgets=budgets)  # fmt: skip
     trials = {arm.name: comparison.budget(arm) for arm in comparison.arms}
+    most = max((r.index for r in rows if r.index is not None and r.kind == "trial"), default=1)
     figures = {
-        FIGURES[0]: best_so_far_vs_trials(rows, max(trials.values()), metric),
+        FIGURES[0]: best_so_far_vs_trials(rows, min(most, max(trials.values())), metric),
         FIGURES[1]: best_so_far_vs_epochs(rows, metric),
         FIGURES[2]: final_values(rows, trials, metric, summary.noise_range),
     }

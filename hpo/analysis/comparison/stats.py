@@ -16,6 +16,7 @@ from datetime import date
 import numpy as np
 
 from hpo.analysis.comparison.studies import SELECTION, Row, budget_index
+from hpo.spec.limits import MAX_TRIALS
 
 CHECKPOINTS = (0.10, 0.25, 0.50, 1.00)
 
@@ -127,9 +128,11 @@ def _arm_summary(
     for seed, seed_rows in seeds.items():
         _add_seed(summary, seed, seed_rows, n_trials=n_trials, epochs=epochs, maximize=maximize)
     for fraction in CHECKPOINTS:
-        index = budget_index(fraction, n_trials)
         values = []
         for seed_rows in seeds.values():
+            # A budget of epochs: the share of the trials the seed's study finished.
+            done = max((r.index for r in seed_rows if r.index is not None), default=0)
+            index = budget_index(fraction, min(n_trials, done))
             hit = next((r for r in seed_rows if r.index == index), None)
             if hit is not None and hit.best_so_far is not None:
                 values.append(hit.best_so_far)
@@ -149,8 +152,9 @@ def _add_seed(
     finished = sorted(
         (r for r in seed_rows if r.index is not None), key=lambda r: r.finished_index
     )
-    by_index = {r.index: r for r in finished}
-    final = by_index.get(n_trials)
+    # The study's last finished search trial (its budget's, in trials or epochs: the study
+    # is complete, see `measure`).
+    final = finished[-1] if finished else None
     if final is not None and final.best_so_far is not None:
         summary.finals[seed] = final.best_so_far
     # Compute spent: the search's finished trials and any re-evaluation (selection) trials.
@@ -295,7 +299,11 @@ def render(
         budget = (
             "each arm a study file with its own budget ("
             + ", ".join(
-                f"{arm}: {a.n_trials} trials of at most {a.epochs} epochs"
+                (
+                    f"{arm}: {a.n_trials} trials of at most {a.epochs} epochs"
+                    if a.n_trials < MAX_TRIALS
+                    else f"{arm}: a budget of epochs, at most {a.epochs} per trial"
+                )
                 for arm, a in s.arms.items()
             )
             + "), every arm seeded alike, so that each seed splits the data alike"
