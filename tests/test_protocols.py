@@ -20,7 +20,7 @@ import pytest
 from optuna.trial import TrialState, create_trial
 
 from hpo.engine.budget import Budget, Next, decide, reevaluations
-from hpo.engine.objective import Objective, replay_trial, train_trial
+from hpo.engine.objective import Objective, replay_record, replay_trial, train_trial
 from hpo.engine.protocols import TrainingData, trial_trainings
 from hpo.errors import ConfigError
 from hpo.spec.data import load_splits
@@ -135,8 +135,11 @@ def test_a_trial_of_several_trainings_scores_their_mean_and_each_is_a_plain_trai
     ):
         _network, history = train_trial(data, config, data.seed)
         assert history.final.val_acc == score  # advancing together changes no bit
-    replayed = replay_trial(spec, splits, {"lr": 0.05}, 7)
-    assert replayed == trial.user_attrs["history"]
+    assert trial.user_attrs["score_std"] == pytest.approx(np.std(scores, ddof=1))
+    replayed = replay_record(spec, splits, {"lr": 0.05}, 7)
+    assert replayed["history"] == trial.user_attrs["history"]
+    assert replayed["scores"] == scores  # every training reproduced, bit for bit
+    assert replay_trial(spec, splits, {"lr": 0.05}, 7) == trial.user_attrs["history"]
 
 
 @pytest.mark.parametrize(
@@ -279,6 +282,10 @@ def test_two_workers_spend_the_epoch_budget_exactly_and_select_by_mean(tmp_path)
     assert f"of {winner.n} trainings" in best.stdout
     assert ": identical" in best.stdout
     assert "test split" in best.stdout
+    number = str(selection[0].number)  # a re-evaluation: 3 folds, replayed one by one
+    replay = _hpo("replay", "robust", number, "--storage", storage, cwd=tmp_path)
+    assert replay.returncode == 0, replay.stdout + replay.stderr
+    assert "identical at every recorded epoch" in replay.stdout
 
 
 def test_a_resumed_study_cannot_change_its_protocol(tmp_path):
@@ -361,3 +368,18 @@ def test_the_mlflow_parent_run_records_the_selection(tmp_path):
     assert parent.metrics["selected_trainings"] == winner.n == 6  # 2 repeats, 3 times
     finalists = json.loads(parent.tags["hpo.selection"])
     assert [f["trial"] for f in finalists] == [e.trial.number for e in selection_estimates(study)]
+
+
+def test_a_finalists_reevaluation_is_never_pruned(tmp_path):
+    extra = '[pruner]\nname = "median"\nn_startup_trials = 0\nn_warmup_steps = 1'
+    spec = load_study_file(_write(tmp_path, extra=extra))
+    splits = load_splits(spec.data, seed=spec.study.seed)
+    # A pruner that stops every trial it is asked about: only the re-evaluation runs through.
+    study = optuna.create_study(direction="maximize", pruner=optuna.pruners.ThresholdPruner(2.0))
+    study.enqueue_trial({"lr": 0.05}, user_attrs={"seed": 1})
+    study.enqueue_trial({"lr": 0.05}, user_attrs={"seed": 2, SELECTION_OF: 0})
+    study.optimize(Objective(spec, splits), n_trials=2)
+    candidate, reevaluation = study.trials
+    assert candidate.state == TrialState.PRUNED
+    assert reevaluation.state == TrialState.COMPLETE
+    assert len(reevaluation.user_attrs["history"]["val_acc"]) == spec.base.epochs

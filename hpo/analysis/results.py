@@ -68,6 +68,9 @@ class Replay:
     metric: str
     recorded: tuple[float, ...]  # per epoch, as the study recorded it
     reproduced: tuple[float, ...]  # per epoch, as trained again
+    # Each training's final score, when the protocol trains several (a completed trial's).
+    recorded_scores: tuple[float, ...] = ()
+    reproduced_scores: tuple[float, ...] = ()
 
     @property
     def epochs(self) -> int:
@@ -84,8 +87,11 @@ class Replay:
 
     @property
     def identical(self) -> bool:
-        """Equal at every recorded epoch, bit for bit."""
-        return self.reproduced[: self.epochs] == self.recorded
+        """Equal at every recorded epoch, bit for bit, and so is every training's score."""
+        return (
+            self.reproduced[: self.epochs] == self.recorded
+            and self.recorded_scores == self.reproduced_scores[: len(self.recorded_scores)]
+        )
 
     def __repr__(self) -> str:
         verdict = "identical" if self.identical else "DIFFERENT"
@@ -116,15 +122,23 @@ def replayable_trial(study: optuna.Study, spec: StudySpec, number: int) -> Froze
 
 def replay_of(spec: StudySpec, trial: FrozenTrial, *, splits: DataSplits | None = None) -> Replay:
     """Train a `replayable_trial` again on the study's data (loaded unless `splits` is given)."""
-    from hpo.engine.objective import replay_trial
+    from hpo.engine.objective import replay_record
     from hpo.spec.data import load_splits
 
     if splits is None:
         splits = load_splits(spec.data, seed=spec.study.seed)
     seed, metric = int(trial.user_attrs["seed"]), spec.study.metric
     recorded = trial.user_attrs["history"][metric]
-    reproduced = replay_trial(spec, splits, dict(trial.params), seed)[metric]
-    return Replay(trial, seed, metric, tuple(recorded), tuple(reproduced))
+    again = replay_record(spec, splits, dict(trial.params), seed)
+    return Replay(
+        trial,
+        seed,
+        metric,
+        tuple(recorded),
+        tuple(again["history"][metric]),
+        tuple(trial.user_attrs.get("scores", ())),
+        tuple(again.get("scores", ())),
+    )
 
 
 def replay(

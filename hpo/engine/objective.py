@@ -8,6 +8,7 @@ returns the validation metric after the last epoch (the book ranks trials by it)
 from __future__ import annotations
 
 import contextlib
+import statistics
 from collections.abc import Callable, Container
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -18,7 +19,7 @@ from optuna.trial import TrialState
 from hpo.engine.protocols import TrainingData, trial_trainings
 from hpo.engine.pruning import PruningMirror
 from hpo.spec.config import TrainConfig
-from hpo.spec.outcomes import EPOCH_METRICS
+from hpo.spec.outcomes import EPOCH_METRICS, SELECTION_OF
 from hpo.spec.seeds import INIT_STREAM, SHUFFLE_STREAM, derive_seed, name_key
 from hpo.spec.study_file import StudySpec
 from hpo.storage.optuna_adapter.internals import initial_user_attrs
@@ -106,13 +107,15 @@ class Objective:
     def __call__(self, trial: optuna.trial.BaseTrial) -> float:
         config = self.config_for(trial)
         seed = trial_seed(trial, self.spec.study.seed, self.spec.study.name)
+        # A finalist's re-evaluation is a measurement, not a candidate: it is never pruned.
+        prune = self.prune and SELECTION_OF not in initial_user_attrs(trial)
         history = EpochHistory()
         reported: set[int] = set()  # the epochs reported to the trial so far
         for observer in self.observers:
             observer.trial_started(trial, seed)
 
         session = None
-        if self.mirror is not None and self.prune:
+        if self.mirror is not None and prune:
             # A mirror copies a stored study, whose trials are real ones (not FixedTrials).
             assert isinstance(trial, optuna.Trial)
             session = self.mirror.begin(trial)
@@ -121,7 +124,7 @@ class Objective:
             history.append(metrics)
             for observer in self.observers:
                 observer.epoch_ended(trial, epoch, metrics)
-            if not self.prune:
+            if not prune:
                 return
             value = getattr(metrics, self.metric)
             if session is not None:
@@ -158,7 +161,9 @@ class Objective:
             if len(trainings) > 1:  # the mean is the value; what it is the mean of, kept
                 trial.set_user_attr("epochs", together.epochs)
                 if state == TrialState.COMPLETE:
-                    trial.set_user_attr("scores", together.scores(self.metric))
+                    scores = together.scores(self.metric)
+                    trial.set_user_attr("scores", scores)
+                    trial.set_user_attr("score_std", statistics.stdev(scores))
             _report_every_epoch(trial, history.columns[self.metric], reported)
             for observer in self.observers:
                 observer.trial_ending(trial)
@@ -279,6 +284,14 @@ def replay_trial(
     No pruner intervenes, so a pruned trial replays to the configured end; compare it with the
     record at the epochs the record has.
     """
+    return replay_record(spec, splits, params, seed)["history"]
+
+
+def replay_record(
+    spec: StudySpec, splits: DataSplits, params: dict[str, Any], seed: int
+) -> dict[str, Any]:
+    """`replay_trial`, with everything the trial records: its `history`, and under a protocol
+    of several trainings each one's score (`scores`) and the epochs (`epochs`)."""
     fixed = optuna.trial.FixedTrial(params)
     fixed.set_user_attr("seed", seed)
     objective = Objective(spec, splits)
@@ -286,4 +299,4 @@ def replay_trial(
     # A diverged replay raises TrialPruned: the history up to there is what there is.
     with contextlib.suppress(optuna.TrialPruned):
         objective(fixed)
-    return fixed.user_attrs["history"]
+    return dict(fixed.user_attrs)

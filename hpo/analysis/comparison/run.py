@@ -300,8 +300,10 @@ def write_comparison(
             arm.name: (comparison.budget(arm), comparison.spec_of(arm).trial_epochs)
             for arm in comparison.arms
         }
+    refit = frozenset(a.name for a in comparison.arms if comparison.spec_of(a).evaluation.refit)
     summary = summarize(rows, n_trials=comparison.n_trials, epochs=spec.base.epochs,
-                        maximize=maximize, reference=reference, budgets=budgets)  # fmt: skip
+                        maximize=maximize, reference=reference, budgets=budgets,
+                        refit=refit)  # fmt: skip
     trials = {arm.name: comparison.budget(arm) for arm in comparison.arms}
     most = max((r.index for r in rows if r.index is not None and r.kind == "trial"), default=1)
     figures = {

@@ -42,13 +42,14 @@ class Spread:
 class ArmSummary:
     arm: str
     seeds: list[int]
-    n_trials: int  # the arm's budget: trials per study
-    epochs: int  # at most, per trial (one training)
+    n_trials: int  # the arm's budget: trials per study (MAX_TRIALS: a budget of epochs)
+    epochs: int  # at most, per trial (all its trainings)
     at_checkpoint: dict[float, Spread | None] = field(default_factory=dict)
     finals: dict[int, float] = field(default_factory=dict)  # seed -> final best
     trials_to_target: dict[int, int | None] = field(default_factory=dict)
     epochs_to_target: dict[int, int | None] = field(default_factory=dict)
     epochs_total: dict[int, int] = field(default_factory=dict)
+    trials_done: dict[int, int] = field(default_factory=dict)  # finished search trials
     trial_time: dict[int, float] = field(default_factory=dict)
     test_acc: dict[int, float] = field(default_factory=dict)
     pruned: dict[int, int] = field(default_factory=dict)
@@ -59,6 +60,13 @@ class ArmSummary:
     paired_test_gain: dict[int, float] = field(default_factory=dict)  # seed -> gain
     wilcoxon: tuple[float, float] | None = None  # (W, p): the paired test gains
     gain_interval: tuple[float, float] | None = None  # 95% bootstrap CI of their median
+
+    @property
+    def trials(self) -> float:
+        """Trials per study: the budget's, or under a budget of epochs the median finished."""
+        if self.n_trials < MAX_TRIALS or not self.trials_done:
+            return self.n_trials
+        return float(statistics.median(self.trials_done.values()))
 
 
 @dataclass
@@ -73,6 +81,7 @@ class Summary:
     noise_range: tuple[float, float] | None
     noise_count: int
     files: bool = False  # each arm a study file with its own budget: compute compared too
+    refit: frozenset[str] = frozenset()  # arms whose final model trains on the whole pool
 
 
 def _better(a: float, b: float, maximize: bool) -> bool:
@@ -87,6 +96,7 @@ def summarize(
     maximize: bool,
     reference: str | None,
     budgets: Mapping[str, tuple[int, int]] | None = None,
+    refit: frozenset[str] = frozenset(),
 ) -> Summary:
     """Each arm's numbers over its seeds, then how each compares with the reference arm.
     `budgets` gives file arms their own (trials, epochs), for `n_trials` and `epochs`."""
@@ -117,6 +127,7 @@ def summarize(
         noise_range=(min(noise_values), max(noise_values)) if noise_values else None,
         noise_count=len(noise_values),
         files=budgets is not None,
+        refit=refit,
     )
 
 
@@ -160,6 +171,7 @@ def _add_seed(
     # Compute spent: the search's finished trials and any re-evaluation (selection) trials.
     selection = [r for r in seed_rows if r.role == SELECTION and r.state != "FAIL"]
     summary.epochs_total[seed] = sum(r.epochs for r in [*finished, *selection])
+    summary.trials_done[seed] = len(finished)
     summary.trial_time[seed] = sum(r.duration_s or 0.0 for r in seed_rows)
     pruned = [r for r in finished if r.state == "PRUNED"]
     summary.pruned[seed] = len(pruned)
@@ -256,7 +268,7 @@ def summary_json(summary: Summary) -> dict[str, object]:
         arms.append({
             "name": name,
             "seeds": len(arm.seeds),
-            "n_trials": arm.n_trials,
+            "n_trials": arm.trials,
             "test_acc_median": test.median if test else None,
             "paired_test_gain_median": gain.median if gain else None,
             "paired_test_gain_ci95": list(arm.gain_interval) if arm.gain_interval else None,
@@ -366,7 +378,7 @@ def _cost_table(s: Summary, ref_epochs: float | None) -> list[str]:
         total_epochs = statistics.median(a.epochs_total.values()) if a.epochs_total else 0
         lines.append(
             f"| {arm} | {len(reached)}/{len(a.trials_to_target)} | "
-            f"{fraction_text(trials, a.n_trials)} | "
+            f"{fraction_text(trials, a.trials)} | "
             f"{fraction_text(epochs_needed, ref_epochs) if ref_epochs else '—'} | "
             f"{total_epochs:g} | {statistics.median(a.trial_time.values()):.1f} |"
         )
@@ -392,6 +404,45 @@ def _test_table(s: Summary) -> list[str]:
         wilcoxon = f"{a.wilcoxon[1]:.3g}" if a.wilcoxon else "—"
         mwu = f"U = {a.mann_whitney[0]:g}, p = {a.mann_whitney[1]:.3g}" if a.mann_whitney else "—"
         lines.append(f"| {arm} | {test_text} | {gain_text} | {wilcoxon} | {mwu} |")
+    if s.refit:
+        lines += [
+            "",
+            f"Refit ({', '.join(sorted(s.refit))}): the retrained configuration is trained "
+            "once more on the whole search pool, training and validation together "
+            "(`[evaluation] refit`), after its first training has reproduced the record "
+            "exactly, and that network is the one tested; the other arms test the network "
+            "trained on the training split, as the book does.",
+        ]
+    return lines + _pairs_table(s)
+
+
+def _pairs_table(s: Summary) -> list[str]:
+    """With three arms or more: every later arm against every earlier one, paired by seed."""
+    names = list(s.arms)
+    if len(names) < 3:
+        return []
+    lines = [
+        "",
+        "Paired test gains between every two arms (the later against the earlier):",
+        "",
+        "| arm | against | paired gain [95% CI] | seeds better / worse | Wilcoxon signed-rank p |",
+        "| --- | --- | ---: | ---: | ---: |",
+    ]
+    for j, later in enumerate(names):
+        for earlier in names[:j]:
+            a, b = s.arms[later], s.arms[earlier]
+            seeds = sorted(set(a.test_acc) & set(b.test_acc))
+            gains = [a.test_acc[k] - b.test_acc[k] for k in seeds]
+            if not gains:
+                continue
+            interval = median_interval(gains)
+            ci = f" [{interval[0]:+.3f}, {interval[1]:+.3f}]" if interval else ""
+            test = wilcoxon_signed_rank(gains)
+            better, worse = sum(g > 0 for g in gains), sum(g < 0 for g in gains)
+            lines.append(
+                f"| {later} | {earlier} | {float(np.median(gains)):+.3f}{ci} | "
+                f"{better} / {worse} | {f'{test[1]:.3g}' if test else '—'} |"
+            )
     return lines
 
 
@@ -417,7 +468,7 @@ def _pruning_sections(s: Summary) -> list[str]:
         if not a.pruned or not any(a.pruned.values()):
             continue
         saved = sum(a.epochs_saved.values())
-        possible = a.epochs * len(a.seeds) * a.n_trials
+        possible = a.epochs * sum(a.trials_done.values())
         lines += [
             "",
             f"## What pruning did in {arm}",
@@ -452,7 +503,7 @@ def _verdict(s: Summary, arm: str, a: ArmSummary, ref_epochs: float | None) -> s
         parts.append(f"never reached {s.reference}'s median best")
     else:
         assert epochs_needed is not None  # set with trials_to_target, from one row
-        share = 100 * trials / a.n_trials
+        share = 100 * trials / a.trials
         epochs_share = 100 * epochs_needed / ref_epochs if ref_epochs else float("nan")
         parts.append(
             f"reached {s.reference}'s median best after {trials:g} trials "
@@ -482,7 +533,7 @@ def _compute_table(s: Summary, ref_epochs: float | None) -> list[str]:
         epochs = epochs_median(a)
         ratio = f"{epochs / ref_epochs:.2f}" if epochs is not None and ref_epochs else "—"
         epochs_text = f"{epochs:g}" if epochs is not None else "—"
-        lines.append(f"| {arm} | {a.n_trials} | {epochs_text} | {ratio} |")
+        lines.append(f"| {arm} | {a.trials:g} | {epochs_text} | {ratio} |")
     return lines
 
 
