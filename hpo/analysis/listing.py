@@ -10,7 +10,7 @@ from typing import Any
 
 import optuna
 
-from hpo.spec.outcomes import ranked_trials
+from hpo.spec.outcomes import Estimate, ranked_trials, selection_estimates
 
 # How the book prints a setting: "lr:0.0092, weight decay:3.86e-07".
 DISPLAY_NAMES = {"weight_decay_lambda": "weight decay", "dropout_ratio": "dropout"}
@@ -43,6 +43,7 @@ class StudyStatus:
     best_value: float | None
     best_params: dict[str, Any]
     best_number: int | None
+    selected: Estimate | None = None  # the winner of the study's selection, if it has run
 
     @property
     def finished(self) -> int:
@@ -72,6 +73,7 @@ def study_status(study: optuna.Study) -> StudyStatus:
         best_value=best.value if best else None,
         best_params=dict(best.params) if best else {},
         best_number=best.number if best else None,
+        selected=next(iter(selection_estimates(study)), None),
     )
 
 
@@ -92,6 +94,12 @@ def status_line(status: StudyStatus, n_trials: int | None = None) -> str:
     if status.best_value is not None:
         params = ", ".join(f"{k}={fmt(v)}" for k, v in status.best_params.items())
         best = f"best {fmt(status.best_value)} (trial {status.best_number}: {params})"
+    if status.selected is not None:
+        won = status.selected
+        best = (
+            f"selected trial {status.best_number}: mean {fmt(won.mean)} ± {fmt(won.std)} over "
+            f"{won.n} trainings (its search value {fmt(status.best_value)}; {params})"
+        )
     return f"{status.name}: {', '.join(parts)}; {best}"
 
 

@@ -119,8 +119,16 @@ def _cmd_replay(args: argparse.Namespace) -> int:
     metric, epochs = replay.metric, replay.epochs
     print(f"  recorded   {metric} {replay.recorded_value:.6f} at epoch {epochs}")
     print(f"  reproduced {metric} {replay.reproduced_value:.6f} at epoch {epochs}")
+    if replay.recorded_scores:
+        n = len(replay.recorded_scores)
+        print(f"  recorded   scores of its {n} trainings: {_scores(replay.recorded_scores)}")
+        print(f"  reproduced scores of its {n} trainings: {_scores(replay.reproduced_scores)}")
     print("  identical at every recorded epoch" if replay.identical else "  DIFFERENT")
     return EXIT_OK if replay.identical else EXIT_FAILURE
+
+
+def _scores(values: tuple[float, ...]) -> str:
+    return ", ".join(f"{v:.6f}" for v in values)
 
 
 def add_parsers(commands: Commands) -> None:

@@ -120,3 +120,47 @@ def final_values(
     ax.set_title("Final best per seed")
     ax.grid(alpha=0.3, axis="y")
     return fig
+
+
+def _test(row: Row | None) -> float:
+    return row.test_acc if row is not None and row.test_acc is not None else np.nan
+
+
+def test_accuracy(rows: list[Row], reference: str | None) -> Figure:
+    """Each seed's retrained test accuracy per arm, the seeds joined across arms (the gains are
+    paired by seed); a refit arm's configurations before the refit as hollow markers."""
+    arms: list[str] = []
+    by_arm: dict[str, dict[int, Row]] = {}
+    for r in rows:
+        if r.kind == "trial" and r.test_acc is not None:
+            if r.arm not in by_arm:
+                arms.append(r.arm)
+            by_arm.setdefault(r.arm, {})[r.seed] = r
+    fig, ax = plt.subplots(figsize=(max(5, 2.0 * len(arms)), 4.5))
+    seeds = sorted({seed for runs in by_arm.values() for seed in runs})
+    x = np.arange(len(arms))
+    for seed in seeds:
+        joined = [_test(by_arm[a].get(seed)) for a in arms]
+        ax.plot(x, joined, color="grey", alpha=0.35, linewidth=0.8, zorder=1)
+    for i, arm in enumerate(arms):
+        runs = by_arm[arm]
+        values = [_test(r) for r in runs.values()]
+        (points,) = ax.plot(np.full(len(values), i), values, "o", zorder=3, label=None)
+        ax.hlines(np.median(values), i - 0.25, i + 0.25, color=points.get_color(), linewidth=2.5)
+        before = [
+            r.test_acc_without_refit for r in runs.values() if r.test_acc_without_refit is not None
+        ]
+        if before:
+            label = f"{arm} before its refit"
+            ax.plot(np.full(len(before), i + 0.18), before, "o", markerfacecolor="none",
+                    color=points.get_color(), zorder=2, label=label)  # fmt: skip
+    ax.set_xticks(x, arms)
+    ax.set_ylabel("test accuracy of the chosen configuration")
+    against = f", paired against {reference}" if reference else ""
+    ax.set_title(f"Held-out test accuracy per seed (lines join a seed{against}; bar: median)")
+    ax.grid(alpha=0.3, axis="y")
+    if any(
+        r.test_acc_without_refit is not None for runs in by_arm.values() for r in runs.values()
+    ):
+        ax.legend(loc="lower right")
+    return fig

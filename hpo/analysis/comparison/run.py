@@ -28,7 +28,10 @@ if TYPE_CHECKING:  # imported where used: `hpo compare` subclasses CompareListen
     from hpo.storage.database import StorageSettings
     from hpo.tracking.runs import TrackingSettings
 
-FIGURES = ("best_so_far_vs_trials.png", "best_so_far_vs_epochs.png", "final_values.png")
+FIGURES = (
+    "best_so_far_vs_trials.png", "best_so_far_vs_epochs.png", "final_values.png",
+    "test_accuracy.png",
+)  # fmt: skip
 
 
 class CompareListener:
@@ -284,6 +287,7 @@ def write_comparison(
         best_so_far_vs_epochs,
         best_so_far_vs_trials,
         final_values,
+        test_accuracy,
     )
     from hpo.analysis.comparison.stats import render, summarize, summary_json
     from hpo.analysis.comparison.studies import read_rows, write_rows
@@ -310,6 +314,7 @@ def write_comparison(
         FIGURES[0]: best_so_far_vs_trials(rows, min(most, max(trials.values())), metric),
         FIGURES[1]: best_so_far_vs_epochs(rows, metric),
         FIGURES[2]: final_values(rows, trials, metric, summary.noise_range),
+        FIGURES[3]: test_accuracy(rows, reference),
     }
     import matplotlib.pyplot as plt
 

@@ -52,6 +52,7 @@ class ArmSummary:
     trials_done: dict[int, int] = field(default_factory=dict)  # finished search trials
     trial_time: dict[int, float] = field(default_factory=dict)
     test_acc: dict[int, float] = field(default_factory=dict)
+    test_acc_without_refit: dict[int, float] = field(default_factory=dict)
     pruned: dict[int, int] = field(default_factory=dict)
     epochs_saved: dict[int, int] = field(default_factory=dict)
     audited: int = 0
@@ -179,6 +180,8 @@ def _add_seed(
     for r in seed_rows:
         if r.test_acc is not None:
             summary.test_acc[seed] = r.test_acc
+        if r.test_acc_without_refit is not None:
+            summary.test_acc_without_refit[seed] = r.test_acc_without_refit
         if r.full_length_value is not None:
             summary.audited += 1
             best = summary.finals.get(seed)
@@ -412,8 +415,44 @@ def _test_table(s: Summary) -> list[str]:
             "(`[evaluation] refit`), after its first training has reproduced the record "
             "exactly, and that network is the one tested; the other arms test the network "
             "trained on the training split, as the book does.",
+            *_without_refit(s),
         ]
     return lines + _pairs_table(s)
+
+
+def _without_refit(s: Summary) -> list[str]:
+    """What a refit arm's configurations tested before the refit, against every other arm:
+    how much of its gain is the search and selection, and how much the refit."""
+    lines = []
+    for arm in sorted(s.refit):
+        plain = s.arms[arm].test_acc_without_refit
+        spread = Spread.of(list(plain.values()))
+        if spread is None:
+            continue
+        lines += [
+            "",
+            f"Without the refit, {arm}'s configurations (their first training, reproduced) "
+            f"tested {spread.text()}:",
+            "",
+            "| against | paired gain [95% CI] | seeds better / worse | Wilcoxon signed-rank p |",
+            "| --- | ---: | ---: | ---: |",
+        ]
+        for other, a in s.arms.items():  # the arm itself: what the refit added, negated
+            gains = [plain[k] - a.test_acc[k] for k in sorted(plain) if k in a.test_acc]
+            if gains:
+                lines.append(_gain_cells(other if other != arm else f"{arm} (refit)", gains))
+    return lines
+
+
+def _gain_cells(label: str, gains: list[float]) -> str:
+    interval = median_interval(gains)
+    ci = f" [{interval[0]:+.3f}, {interval[1]:+.3f}]" if interval else ""
+    test = wilcoxon_signed_rank(gains)
+    better, worse = sum(g > 0 for g in gains), sum(g < 0 for g in gains)
+    return (
+        f"| {label} | {float(np.median(gains)):+.3f}{ci} | {better} / {worse} | "
+        f"{f'{test[1]:.3g}' if test else '—'} |"
+    )
 
 
 def _pairs_table(s: Summary) -> list[str]:
@@ -433,16 +472,8 @@ def _pairs_table(s: Summary) -> list[str]:
             a, b = s.arms[later], s.arms[earlier]
             seeds = sorted(set(a.test_acc) & set(b.test_acc))
             gains = [a.test_acc[k] - b.test_acc[k] for k in seeds]
-            if not gains:
-                continue
-            interval = median_interval(gains)
-            ci = f" [{interval[0]:+.3f}, {interval[1]:+.3f}]" if interval else ""
-            test = wilcoxon_signed_rank(gains)
-            better, worse = sum(g > 0 for g in gains), sum(g < 0 for g in gains)
-            lines.append(
-                f"| {later} | {earlier} | {float(np.median(gains)):+.3f}{ci} | "
-                f"{better} / {worse} | {f'{test[1]:.3g}' if test else '—'} |"
-            )
+            if gains:
+                lines.append(f"| {later} " + _gain_cells(earlier, gains))
     return lines
 
 

@@ -297,6 +297,8 @@ class Row:
     full_length_value: float | None = None
     params: str = ""
     role: str = SEARCH  # SELECTION: a re-evaluation trial (user attr `selection_of`)
+    # A refit arm's winner: its first training, tested as well, to show what the refit added.
+    test_acc_without_refit: float | None = None
 
     @classmethod
     def header(cls) -> list[str]:
@@ -390,7 +392,10 @@ def write_rows(rows: list[Row], path: Path) -> None:
 def read_rows(path: Path) -> list[Row]:
     """results.csv back into rows (types restored): the report is computed from these."""
     ints = {"seed", "index", "number", "epochs", "cumulative_epochs"}
-    floats = {"value", "duration_s", "best_so_far", "test_acc", "full_length_value"}
+    floats = {
+        "value", "duration_s", "best_so_far", "test_acc", "full_length_value",
+        "test_acc_without_refit",
+    }  # fmt: skip
     rows = []
     with open(path, newline="") as f:
         for record in csv.DictReader(f):
@@ -448,6 +453,9 @@ def add_test_accuracy(
         if not retrained.identical:
             raise RuntimeError(f"{retrained!r}: the best trial of {best.study} did not reproduce")
         best.test_acc = evaluate_on_test(retrained).acc
+        if retrained.refit is not None:  # what the refit added: the first training, tested too
+            x_test, t_test = retrained.splits.test()
+            best.test_acc_without_refit = float(retrained.network.evaluate(x_test, t_test)[1])
         progress()
 
 
