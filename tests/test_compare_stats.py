@@ -78,3 +78,43 @@ def test_a_consistent_gain_over_ten_seeds_is_significant_and_reported():
     report = render(summary, study="s", metric="val_acc", data="d", figures=[], command="c")
     line = next(x for x in report.splitlines() if x.startswith("| robust |") and "U =" in x)
     assert "| 0.00195 |" in line
+
+
+def test_three_arms_are_paired_two_by_two_and_a_refit_is_taken_apart():
+    """Every later arm against every earlier one; a refit arm's configurations before the
+    refit against every arm, its own refit included."""
+    rows = []
+    for seed in SEEDS:
+        base = 0.70 + 0.01 * (seed % 3)
+        rows += _rows("book", seed, base)
+        rows += _rows("tpe", seed, base + 0.01 + 0.001 * seed)
+        robust = _rows("robust", seed, base + 0.04 + 0.001 * seed)
+        robust[-1].test_acc_without_refit = base - 0.002 * seed  # below the book every time
+        rows += robust
+    summary = summarize(rows, n_trials=3, epochs=5, maximize=True, reference="book",
+                        refit=frozenset({"robust"}))  # fmt: skip
+    report = render(summary, study="s", metric="val_acc", data="d", figures=[], command="c")
+    lines = report.splitlines()
+    pair = next(x for x in lines if x.startswith("| robust | tpe |"))
+    assert "+0.030" in pair  # 0.04 - 0.01 on every seed
+    assert "| 10 / 0 | 0.00195 |" in pair
+    assert any(x.startswith("| tpe | book |") for x in lines)
+    assert "Refit (robust)" in report
+    before = lines.index(next(x for x in lines if x.startswith("Without the refit, robust's")))
+    table = lines[before + 4 : before + 7]
+    assert table[0].startswith("| book |")
+    assert "| 0 / 10 | 0.00195 |" in table[0]  # lower than the book on every seed
+    assert table[2].startswith("| robust (refit) |")
+    assert "| 0 / 10 |" in table[2]
+
+
+def test_a_budget_of_epochs_reports_the_trials_each_study_finished():
+    rows = []
+    for seed, finished in zip(SEEDS, [4, 6, 8, 6, 6, 4, 8, 6, 6, 6], strict=True):
+        rows += _rows("epochs", seed, 0.8, n_trials=finished)
+    summary = summarize(rows, n_trials=3, epochs=5, maximize=True, reference=None,
+                        budgets={"epochs": (10**6, 5)})  # fmt: skip
+    arm = summary.arms["epochs"]
+    assert arm.trials == 6  # the median finished, not the unbounded budget
+    assert set(arm.finals.values()) == {0.5 + 0.01 * n for n in (4, 6, 8)}  # each its last
+    assert summary_json(summary)["arms"][0]["n_trials"] == 6

@@ -286,6 +286,10 @@ def test_two_workers_spend_the_epoch_budget_exactly_and_select_by_mean(tmp_path)
     replay = _hpo("replay", "robust", number, "--storage", storage, cwd=tmp_path)
     assert replay.returncode == 0, replay.stdout + replay.stderr
     assert "identical at every recorded epoch" in replay.stdout
+    assert "reproduced scores of its 3 trainings" in replay.stdout
+    status = _hpo("status", "robust", "--storage", storage, cwd=tmp_path)
+    assert f"selected trial {winner.trial.number}: mean" in status.stdout, status.stdout
+    assert f"over {winner.n} trainings" in status.stdout
 
 
 def test_a_resumed_study_cannot_change_its_protocol(tmp_path):
