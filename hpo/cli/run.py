@@ -95,7 +95,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
     tracking = tracking_from(args)
     if args.worker:  # one of `hpo run --workers N`'s processes
         return _run_as_worker(spec, settings)
-    printer = _Printer(spec.study.n_trials, args.workers, tracking, progress=not args.no_progress)
+    # A budget of epochs has no count of trials to fill: the bar counts them without a total.
+    total = spec.study.n_trials if spec.study.max_epochs is None else None
+    printer = _Printer(total, args.workers, tracking, progress=not args.no_progress)
     result = run_study(
         spec, storage=settings, workers=args.workers, tracking=tracking, listener=printer
     )
@@ -222,7 +224,7 @@ class _Printer(RunListener):
     finished trials (on a terminal), updated from absolute counts."""
 
     def __init__(
-        self, total: int, workers: int, tracking: TrackingSettings, *, progress: bool
+        self, total: int | None, workers: int, tracking: TrackingSettings, *, progress: bool
     ) -> None:
         self.total, self.workers, self.tracking, self.enabled = total, workers, tracking, progress
         self._bar: Any = None
