@@ -19,7 +19,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState, create_trial
 
-from hpo.engine.budget import Budget, Next, decide, reevaluations
+from hpo.engine.budget import Budget, Next, decide, reevaluation
 from hpo.engine.objective import Objective, replay_record, replay_trial, train_trial
 from hpo.engine.protocols import TrainingData, trial_trainings
 from hpo.errors import ConfigError
@@ -182,7 +182,7 @@ def test_a_kfold_the_classes_cannot_fill_is_refused_before_the_study_exists(tmp_
 
 def _trial(number: int, state: TrialState, value: float | None, epochs: int, **attrs):
     trial = create_trial(
-        state=state if state != TrialState.RUNNING else TrialState.COMPLETE,
+        state=TrialState.COMPLETE,  # then made what it is: create_trial checks values
         value=value if value is not None else 0.0,
         params={},
         distributions={},
@@ -216,16 +216,76 @@ def test_the_selection_starts_once_the_search_has_ended_and_takes_the_best():
     done = [_trial(i, TrialState.COMPLETE, v, 10) for i, v in enumerate(values)]
     claim = decide(BUDGET, done)
     assert claim.next is Next.SELECT
-    assert [t.number for t in claim.finalists] == [1, 3]  # ties: the lower number first
+    assert [(t.number, j) for t, j in claim.queue] == [(1, 0), (1, 1), (3, 0), (3, 1)]
     with_failure = [*done[:4], _trial(4, TrialState.RUNNING, None, 0)]
     assert decide(BUDGET, with_failure).next is Next.WAIT  # never select before all ended
-    attrs = reevaluations(claim.finalists[0], 2)
-    assert [a[SELECTION_OF] for a in attrs] == [1, 1]
-    assert len({a["seed"] for a in attrs}) == 2
-    queued = [*done, _trial(5, TrialState.WAITING, None, 0, **attrs[0])]
+    attrs = [reevaluation(t, j) for t, j in claim.queue]
+    assert [a[SELECTION_OF] for a in attrs] == [1, 1, 3, 3]
+    assert len({a["seed"] for a in attrs}) == 4
+    queued = [
+        *done,
+        *(_trial(5 + k, TrialState.WAITING, None, 0, **a) for k, a in enumerate(attrs)),
+    ]
     assert decide(BUDGET, queued).next is Next.ASK
-    over = [*done, _trial(5, TrialState.COMPLETE, 0.5, 10, **attrs[0])]
+    over = [
+        *done,
+        *(_trial(5 + k, TrialState.COMPLETE, 0.5, 10, **a) for k, a in enumerate(attrs)),
+    ]
     assert decide(BUDGET, over).next is Next.DONE
+
+
+def test_queueing_the_selection_is_completed_if_interrupted_and_a_failure_is_retried_once():
+    done = [_trial(i, TrialState.COMPLETE, v, 10) for i, v in enumerate([0.3, 0.9, 0.5, 0.8])]
+    first = reevaluation(done[1], 0)  # a claim queued one re-evaluation, then its worker died
+    partial = [*done, _trial(4, TrialState.WAITING, None, 0, **first)]
+    claim = decide(BUDGET, partial)
+    assert claim.next is Next.SELECT
+    assert [(t.number, j) for t, j in claim.queue] == [(1, 1), (3, 0), (3, 1)]
+    everything = [*done, *(
+        _trial(4 + k, TrialState.COMPLETE, 0.5, 10, **reevaluation(t, j))
+        for k, (t, j) in enumerate([(done[1], 0), (done[1], 1), (done[3], 0)])
+    )]  # fmt: skip
+    failed = _trial(7, TrialState.FAIL, None, 0, **reevaluation(done[3], 1))
+    claim = decide(BUDGET, [*everything, failed])
+    assert [(t.number, j) for t, j in claim.queue] == [(3, 1)]  # queued once more
+    twice = _trial(8, TrialState.FAIL, None, 0, **reevaluation(done[3], 1))
+    assert decide(BUDGET, [*everything, failed, twice]).next is Next.DONE  # not forever
+
+
+def test_queued_search_trials_the_budget_cannot_hold_are_dropped_not_run_after_selection():
+    done = [_trial(i, TrialState.COMPLETE, 0.5, 10) for i in range(5)]  # 50: the share is full
+    leftover = _trial(5, TrialState.WAITING, None, 0)  # a retry, or one [[enqueue]] too many
+    claim = decide(BUDGET, [*done, leftover])
+    assert claim.next is Next.SELECT
+    assert [t.number for t in claim.drop] == [5]
+    enqueued_only = [_trial(i, TrialState.WAITING, None, 0) for i in range(8)]
+    assert decide(BUDGET, enqueued_only).next is Next.ASK  # queued trials run while they fit
+
+
+def test_a_diverged_reevaluation_counts_as_the_worst_score():
+    study = optuna.create_study(direction="maximize")
+    for number, value in enumerate([0.9, 0.8]):
+        study.add_trial(_trial(number, TrialState.COMPLETE, value, 10))
+    study.add_trial(_trial(2, TrialState.COMPLETE, 0.9, 10, **reevaluation(study.trials[0], 0)))
+    diverged = _trial(3, TrialState.PRUNED, None, 4, **reevaluation(study.trials[0], 1))
+    diverged.user_attrs["diverged"] = {"epoch": 4, "reason": "nan"}
+    study.add_trial(diverged)
+    for j in (0, 1):
+        study.add_trial(_trial(4 + j, TrialState.COMPLETE, 0.8, 10,
+                               **reevaluation(study.trials[1], j)))  # fmt: skip
+    estimates = selection_estimates(study)
+    assert [e.trial.number for e in estimates] == [1, 0]  # steady 0.8 beats 0.9, 0.9 and a NaN
+    assert estimates[1].scores == (0.9, 0.9, 0.0)
+    assert ranked_trials(study)[0].number == 1
+
+
+def test_a_budget_of_epochs_is_refused_for_a_study_that_trains_nothing(tmp_path):
+    book = Path(__file__).resolve().parents[1] / "studies" / "ch6-1-optimizer-paths.toml"
+    path = tmp_path / "paths.toml"
+    path.write_text(book.read_text().replace("[study]\n", "[study]\nmax_epochs = 100\n", 1))
+    with pytest.raises(ConfigError) as error:
+        load_study_file(path)
+    assert error.value.key == "study.max_epochs"
 
 
 def _hpo(*args: str, cwd: Path) -> subprocess.CompletedProcess:
@@ -387,3 +447,16 @@ def test_a_finalists_reevaluation_is_never_pruned(tmp_path):
     assert candidate.state == TrialState.PRUNED
     assert reevaluation.state == TrialState.COMPLETE
     assert len(reevaluation.user_attrs["history"]["val_acc"]) == spec.base.epochs
+
+
+def test_the_narrowing_arm_is_refused_for_a_budget_of_epochs(tmp_path):
+    from hpo.analysis.comparison.studies import plan
+
+    path = _write(tmp_path, study="max_epochs = 60")
+    spec = load_study_file(path)
+    with pytest.raises(ConfigError) as error:
+        plan(
+            spec, path, samplers=["random", "narrowing"], pruners=["none"], seeds=2, n_trials=None
+        )
+    assert error.value.key == "--samplers"
+    assert "max_epochs" in error.value.message

@@ -20,7 +20,14 @@ from typing import Any
 
 from optuna.trial import FrozenTrial, TrialState
 
-from hpo.spec.outcomes import COUNTED, SELECTION_OF, completed_value, is_selection, trial_epochs
+from hpo.spec.outcomes import (
+    COUNTED,
+    SELECTION_INDEX,
+    SELECTION_OF,
+    completed_value,
+    is_selection,
+    trial_epochs,
+)
 from hpo.spec.seeds import derive_seed
 from hpo.spec.study_file import StudySpec
 
@@ -63,46 +70,84 @@ class Budget:
 @dataclass(frozen=True)
 class Claim:
     next: Next
-    finalists: tuple[FrozenTrial, ...] = field(default=())
+    # Next.SELECT: the re-evaluations to queue, as (finalist, index j), and the queued search
+    # trials to drop (a retry or an [[enqueue]] table the search's share cannot hold any more).
+    queue: tuple[tuple[FrozenTrial, int], ...] = field(default=())
+    drop: tuple[FrozenTrial, ...] = field(default=())
+
+
+MAX_ATTEMPTS = 2  # a re-evaluation that failed is queued once more; then its finalist goes short
 
 
 def decide(budget: Budget, trials: Sequence[FrozenTrial]) -> Claim:
     """What a claim does next, from every trial of the study."""
-    if any(is_selection(t) for t in trials):  # the selection has started
-        if any(t.state == TrialState.WAITING for t in trials):
-            return Claim(Next.ASK)
-        if any(t.state == TrialState.RUNNING for t in trials):
-            return Claim(Next.WAIT)  # it may fail and be queued again
-        return Claim(Next.DONE)
-    finished = [t for t in trials if t.state in COUNTED]
-    running = sum(t.state == TrialState.RUNNING for t in trials)
-    waiting = sum(t.state == TrialState.WAITING for t in trials)
-    if len(finished) < budget.n_trials:
-        if len(finished) + running >= budget.n_trials:
-            return Claim(Next.WAIT)
-        if budget.search_epochs is None:
-            return Claim(Next.ASK)
-        held = sum(trial_epochs(t) for t in finished) + budget.trial_epochs * (running + waiting)
-        if held + budget.trial_epochs <= budget.search_epochs:
-            return Claim(Next.ASK)
-        if waiting and held <= budget.search_epochs:
-            return Claim(Next.ASK)  # a queued trial, already counted as held
-    if running:
-        return Claim(Next.WAIT)  # the finalists are chosen once the whole search has ended
-    if not budget.finalists:
-        return Claim(Next.DONE)
-    complete = [t for t in trials if t.state == TrialState.COMPLETE]
+    search = [t for t in trials if not is_selection(t)]
+    running = sum(t.state == TrialState.RUNNING for t in search)
+    if not any(is_selection(t) for t in trials):
+        finished = [t for t in search if t.state in COUNTED]
+        if len(finished) < budget.n_trials:
+            if len(finished) + running >= budget.n_trials:
+                return Claim(Next.WAIT)
+            if budget.search_epochs is None:
+                return Claim(Next.ASK)
+            # A queued trial is asked first (Optuna's rule), and costs what a new one does.
+            held = sum(trial_epochs(t) for t in finished) + budget.trial_epochs * running
+            if held + budget.trial_epochs <= budget.search_epochs:
+                return Claim(Next.ASK)
+        if running:
+            return Claim(Next.WAIT)  # the finalists are chosen once the whole search has ended
+        if not budget.finalists:
+            return Claim(Next.DONE)
+    elif running:  # a search trial asked before the selection began, still training
+        return Claim(Next.WAIT)
+    missing = _missing_reevaluations(budget, trials)
+    leftovers = tuple(t for t in search if t.state == TrialState.WAITING)
+    if missing or leftovers:
+        return Claim(Next.SELECT, missing, leftovers)
+    selection = [t for t in trials if is_selection(t)]
+    if any(t.state == TrialState.WAITING for t in selection):
+        return Claim(Next.ASK)
+    if any(t.state == TrialState.RUNNING for t in selection):
+        return Claim(Next.WAIT)  # it may fail, and be queued again
+    return Claim(Next.DONE)
+
+
+def finalists(budget: Budget, trials: Sequence[FrozenTrial]) -> list[FrozenTrial]:
+    """The search's best completed trials, ties to the lower number: once the search has
+    ended, the same on every call."""
+    complete = [t for t in trials if t.state == TrialState.COMPLETE and not is_selection(t)]
     sign = -1.0 if budget.maximize else 1.0
     complete.sort(key=lambda t: (sign * completed_value(t), t.number))
-    if not complete:
-        return Claim(Next.DONE)
-    return Claim(Next.SELECT, tuple(complete[: budget.finalists]))
+    return complete[: budget.finalists]
 
 
-def reevaluations(finalist: FrozenTrial, evaluations: int) -> list[dict[str, Any]]:
-    """The user attributes of a finalist's re-evaluation trials: whose, and their seeds."""
+def _missing_reevaluations(
+    budget: Budget, trials: Sequence[FrozenTrial]
+) -> tuple[tuple[FrozenTrial, int], ...]:
+    """The re-evaluations not queued yet, or queued and failed fewer than MAX_ATTEMPTS times:
+    queueing is idempotent, so a claim interrupted half-way is completed by the next one."""
+    failed: dict[tuple[int, int], int] = {}
+    alive: set[tuple[int, int]] = set()
+    for t in trials:
+        if is_selection(t):
+            key = (int(t.user_attrs[SELECTION_OF]), int(t.user_attrs.get(SELECTION_INDEX, 0)))
+            if t.state == TrialState.FAIL:
+                failed[key] = failed.get(key, 0) + 1
+            else:
+                alive.add(key)
+    return tuple(
+        (finalist, j)
+        for finalist in finalists(budget, trials)
+        for j in range(budget.evaluations)
+        if (finalist.number, j) not in alive and failed.get((finalist.number, j), 0) < MAX_ATTEMPTS
+    )
+
+
+def reevaluation(finalist: FrozenTrial, j: int) -> dict[str, Any]:
+    """The user attributes of a finalist's re-evaluation j: whose, which, and its seed."""
     seed = int(finalist.user_attrs["seed"])
-    return [
-        {SELECTION_OF: finalist.number, "seed": derive_seed(seed, SELECTION_STREAM, j)}
-        for j in range(evaluations)
-    ]
+    return {
+        SELECTION_OF: finalist.number,
+        SELECTION_INDEX: j,
+        "seed": derive_seed(seed, SELECTION_STREAM, j),
+    }

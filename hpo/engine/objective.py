@@ -141,9 +141,10 @@ class Objective:
                 raise optuna.TrialPruned(f"pruned at epoch {epoch}")
 
         state, final = TrialState.FAIL, None
-        trainings = self.trainings(seed)
+        trainings: list[TrainingData] = []
         together = TrainedTogether()
         try:
+            trainings = self.trainings(seed)
             final = train_together(trainings, config, on_epoch_end, together)
             state = TrialState.COMPLETE
         except TrainingDiverged as diverged:

@@ -26,7 +26,7 @@ from types import TracebackType
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from hpo.engine.budget import Budget, Next, decide, reevaluations
+from hpo.engine.budget import Budget, Claim, Next, decide, reevaluation
 from hpo.spec.outcomes import COUNTED_NAMES
 from hpo.storage.database import StorageSettings
 from hpo.storage.locks import StorageLock
@@ -315,29 +315,36 @@ class Worker:
         """`_try_claim` for a budget of epochs or a selection, decided from the study's trials
         (see `hpo.engine.budget`)."""
         claim = decide(budget, self.study.get_trials(deepcopy=False))
+        if claim.next is Next.SELECT:  # under this lock: queued once, whoever comes first
+            self._start_selection(claim)
+            claim = decide(budget, self.study.get_trials(deepcopy=False))
         if claim.next is Next.DONE:
             return None
-        if claim.next is Next.WAIT:
+        if claim.next is not Next.ASK:
             return _WAIT
-        queued = 0
-        for finalist in claim.finalists:  # Next.SELECT: queued once, under this lock
-            for attrs in reevaluations(finalist, budget.evaluations):
-                self.study.enqueue_trial(dict(finalist.params), user_attrs=attrs)
-                queued += 1
-        if claim.finalists:
-            logger.info(
-                "search done: re-evaluating its %d best trials %d more times each",
-                len(claim.finalists),
-                budget.evaluations,
-            )
         if self.joined.batched is not None:
-            self.joined.batched.expect_waiting(queued or self._waiting())
+            self.joined.batched.expect_waiting(self.counts().get("WAITING", 0))
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)  # see _try_claim
             return self.study.ask()
 
-    def _waiting(self) -> int:
-        return self.counts().get("WAITING", 0)
+    def _start_selection(self, claim: Claim) -> None:
+        """Queue the finalists' missing re-evaluations; fail the search trials still queued,
+        which the search's share can no longer hold (they would run after the finalists were
+        chosen)."""
+        for trial in claim.drop:
+            with contextlib.suppress(optuna.exceptions.UpdateFinishedTrialError):
+                self.joined.retrying.set_trial_state_values(trial_id_of(trial), TrialState.FAIL)
+            logger.warning(
+                "trial %d was queued but the search's budget is spent: failed it, unrun",
+                trial.number,
+            )
+        for finalist, j in claim.queue:
+            self.study.enqueue_trial(dict(finalist.params), user_attrs=reevaluation(finalist, j))
+        if claim.queue:
+            logger.info(
+                "search done: %d re-evaluations of its best trials queued", len(claim.queue)
+            )
 
     def _fail_dead_workers_trials(self) -> None:
         """Fail trials whose worker died (stale heartbeat, or none at all) and retry them once.

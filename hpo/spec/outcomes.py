@@ -8,6 +8,7 @@ trial is the best completed one, ties going to the lower number (`ranked_trials`
 
 from __future__ import annotations
 
+import math
 import statistics
 from dataclasses import dataclass
 
@@ -33,18 +34,23 @@ def ranked_trials(study: optuna.Study) -> list[FrozenTrial]:
     """Completed trials of the search, best first (ties by trial number, so the order is
     stable). After a selection, its finalists come first, best mean first: the first is the
     study's winner (see `selection_estimates`); re-evaluation trials are not listed."""
-    trials = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    trials = study.get_trials(deepcopy=False, states=COUNTED)
     maximize = study.direction == optuna.study.StudyDirection.MAXIMIZE
     sign = -1.0 if maximize else 1.0
     finalists = [e.trial for e in _estimates(trials, maximize)]
     chosen = {t.number for t in finalists}
-    rest = [t for t in trials if not is_selection(t) and t.number not in chosen]
+    rest = [
+        t
+        for t in trials
+        if t.state == TrialState.COMPLETE and not is_selection(t) and t.number not in chosen
+    ]
     return finalists + sorted(rest, key=lambda t: (sign * completed_value(t), t.number))
 
 
 # -- trials of a study with a [selection] (see hpo.spec.evaluation) ------------------------------
 
 SELECTION_OF = "selection_of"  # user attribute of a re-evaluation trial: its finalist's number
+SELECTION_INDEX = "selection_index"  # and which of the finalist's re-evaluations it is
 
 
 def is_selection(trial: FrozenTrial) -> bool:
@@ -91,16 +97,24 @@ class Estimate:
 def selection_estimates(study: optuna.Study) -> list[Estimate]:
     """The finalists of the study's selection, best mean first (ties by trial number); empty
     when no selection has run."""
-    trials = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    trials = study.get_trials(deepcopy=False, states=COUNTED)
     return _estimates(trials, study.direction == optuna.study.StudyDirection.MAXIMIZE)
 
 
 def _estimates(trials: list[FrozenTrial], maximize: bool) -> list[Estimate]:
+    """A diverged re-evaluation counts as the worst score there is (accuracy 0, loss infinite):
+    a finalist that diverges on other seeds is not the one to pick."""
+    worst = 0.0 if maximize else math.inf
     scores: dict[int, list[float]] = {}
     for trial in trials:
-        if is_selection(trial):
-            scores.setdefault(int(trial.user_attrs[SELECTION_OF]), []).extend(trial_scores(trial))
-    finalists = [t for t in trials if t.number in scores]
+        if not is_selection(trial):
+            continue
+        mine = scores.setdefault(int(trial.user_attrs[SELECTION_OF]), [])
+        if trial.state == TrialState.COMPLETE:
+            mine.extend(trial_scores(trial))
+        elif trial.user_attrs.get("diverged"):
+            mine.append(worst)
+    finalists = [t for t in trials if t.number in scores and t.state == TrialState.COMPLETE]
     estimates = [Estimate(t, (*trial_scores(t), *scores[t.number])) for t in finalists]
     sign = -1.0 if maximize else 1.0
     return sorted(estimates, key=lambda e: (sign * e.mean, e.trial.number))

@@ -205,6 +205,12 @@ class StudySpec:
         epochs = self.study.max_epochs
         if epochs is None:
             return
+        if not self.trains:
+            raise ConfigError(
+                f"counts epochs trained, but the trials of kind = {toml_repr(self.study.kind)} "
+                "train nothing; bound the study with n_trials",
+                key="study.max_epochs",
+            )
         if epochs < self.trial_epochs + self.selection_epochs:
             need = self.trial_epochs + self.selection_epochs
             raise ConfigError(

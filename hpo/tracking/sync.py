@@ -22,9 +22,15 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 import optuna
-from optuna.trial import FrozenTrial
+from optuna.trial import FrozenTrial, TrialState
 
-from hpo.spec.outcomes import ENDED, EPOCH_METRICS, completed_value, selection_estimates
+from hpo.spec.outcomes import (
+    ENDED,
+    EPOCH_METRICS,
+    completed_value,
+    is_selection,
+    selection_estimates,
+)
 from hpo.storage.database import StorageSettings
 from hpo.storage.locks import StorageLock
 from hpo.tracking.runs import (
@@ -217,10 +223,12 @@ def _log_best(client: MlflowClient, parent: StudyRun, study: optuna.Study, metri
     """The best value so far on the parent run, if the parent does not show it yet."""
     from mlflow.entities import Metric
 
-    try:
-        best = study.best_trial
-    except ValueError:
+    search = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+              if not is_selection(t)]  # fmt: skip
+    if not search:
         return
+    sign = 1.0 if study.direction == optuna.study.StudyDirection.MAXIMIZE else -1.0
+    best = max(search, key=lambda t: (sign * completed_value(t), -t.number))
     key = f"best_{metric}"
     logged = {m.step for m in client.get_metric_history(parent.run_id, key)}
     if best.number not in logged:

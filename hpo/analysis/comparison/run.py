@@ -10,6 +10,7 @@ the steps are told to a `CompareListener`, and the outcome is a `Comparison`.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 from collections.abc import Callable, Iterator, Sequence
@@ -273,7 +274,7 @@ def _complete(spec: StudySpec, studies: list[optuna.Study], finished: int, budge
     """Whether an arm-seed study has spent its budget (of trials, or epochs and a selection)."""
     from hpo.engine.budget import Budget, Next, decide
 
-    plan = Budget.of(spec)
+    plan = dataclasses.replace(Budget.of(spec), n_trials=budget)  # --n-trials, if given
     if plan.in_trials_only or len(studies) != 1:
         return finished >= budget
     return decide(plan, studies[0].get_trials(deepcopy=False)).next is Next.DONE
@@ -305,7 +306,7 @@ def write_comparison(
             for arm in comparison.arms
         }
     refit = frozenset(a.name for a in comparison.arms if comparison.spec_of(a).evaluation.refit)
-    summary = summarize(rows, n_trials=comparison.n_trials, epochs=spec.base.epochs,
+    summary = summarize(rows, n_trials=comparison.n_trials, epochs=spec.trial_epochs,
                         maximize=maximize, reference=reference, budgets=budgets,
                         refit=refit)  # fmt: skip
     trials = {arm.name: comparison.budget(arm) for arm in comparison.arms}

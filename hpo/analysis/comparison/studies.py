@@ -156,6 +156,12 @@ def plan(
         sampler = "random" if arm.sampler == NARROWING else arm.sampler
         spec.with_overrides(sampler=sampler, pruner=arm.pruner)
     stages = 3
+    if any(a.sampler == NARROWING for a in arms) and spec.study.max_epochs is not None:
+        raise ConfigError(
+            "the narrowing arm splits a budget of trials into stages, but this study's budget "
+            "is in epochs ([study] max_epochs); leave narrowing out of --samplers",
+            key="--samplers",
+        )
     if any(a.sampler == NARROWING for a in arms) and budget < stages:
         raise ConfigError(
             f"the narrowing arm needs at least {stages} trials, one per stage", key="--n-trials"
