@@ -460,3 +460,12 @@ def test_the_narrowing_arm_is_refused_for_a_budget_of_epochs(tmp_path):
         )
     assert error.value.key == "--samplers"
     assert "max_epochs" in error.value.message
+
+
+def test_reevaluations_queued_before_they_had_an_index_count_in_order():
+    done = [_trial(i, TrialState.COMPLETE, v, 10) for i, v in enumerate([0.3, 0.9, 0.5, 0.8])]
+    older = [
+        _trial(4 + k, TrialState.COMPLETE, 0.5, 10, selection_of=number, seed=k)
+        for k, number in enumerate([1, 1, 3, 3])
+    ]  # as the first version of the selection queued them: no selection_index
+    assert decide(BUDGET, [*done, *older]).next is Next.DONE

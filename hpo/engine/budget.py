@@ -128,13 +128,17 @@ def _missing_reevaluations(
     queueing is idempotent, so a claim interrupted half-way is completed by the next one."""
     failed: dict[tuple[int, int], int] = {}
     alive: set[tuple[int, int]] = set()
-    for t in trials:
-        if is_selection(t):
-            key = (int(t.user_attrs[SELECTION_OF]), int(t.user_attrs.get(SELECTION_INDEX, 0)))
-            if t.state == TrialState.FAIL:
-                failed[key] = failed.get(key, 0) + 1
-            else:
-                alive.add(key)
+    unnumbered: dict[int, int] = {}  # queued before re-evaluations had an index: in order
+    for t in sorted((t for t in trials if is_selection(t)), key=lambda t: t.number):
+        finalist = int(t.user_attrs[SELECTION_OF])
+        index = t.user_attrs.get(SELECTION_INDEX)
+        if index is None:
+            index = unnumbered[finalist] = unnumbered.get(finalist, -1) + 1
+        key = (finalist, int(index))
+        if t.state == TrialState.FAIL:
+            failed[key] = failed.get(key, 0) + 1
+        else:
+            alive.add(key)
     return tuple(
         (finalist, j)
         for finalist in finalists(budget, trials)
