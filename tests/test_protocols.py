@@ -469,3 +469,39 @@ def test_reevaluations_queued_before_they_had_an_index_count_in_order():
         for k, number in enumerate([1, 1, 3, 3])
     ]  # as the first version of the selection queued them: no selection_index
     assert decide(BUDGET, [*done, *older]).next is Next.DONE
+
+
+def test_the_report_shows_a_selection_by_its_means_and_stars_its_winner():
+    from hpo.analysis.figures import lr_weight_decay_figure
+    from hpo.analysis.listing import best_lines
+    from hpo.analysis.study_report import search_points
+
+    study = optuna.create_study(direction="maximize")
+    params = [(0.01, 1e-6, 0.9), (0.005, 1e-5, 0.8), (0.002, 1e-7, 0.5)]
+    for number, (lr, wd, value) in enumerate(params):
+        trial = _trial(number, TrialState.COMPLETE, value, 10)
+        trial.params = {"lr": lr, "weight_decay_lambda": wd}
+        trial.distributions = {
+            "lr": optuna.distributions.FloatDistribution(1e-6, 1e-2, log=True),
+            "weight_decay_lambda": optuna.distributions.FloatDistribution(1e-8, 1e-4, log=True),
+        }
+        study.add_trial(trial)
+    for k, (finalist, value) in enumerate([(0, 0.6), (1, 0.8)]):
+        again = _trial(3 + k, TrialState.COMPLETE, value, 10,
+                       **reevaluation(study.trials[finalist], 0))  # fmt: skip
+        again.params, again.distributions = (
+            study.trials[finalist].params,
+            study.trials[finalist].distributions,
+        )
+        study.add_trial(again)
+    lines = best_lines(study, "val_acc", n=3)
+    assert lines[0].startswith("Best-1 (val acc:0.8 ± 0 over 2, search 0.8) | lr:0.005")
+    assert lines[1].startswith("Best-2 (val acc:0.75 ± 0.212 over 2, search 0.9) | lr:0.01")
+    assert lines[2].startswith("Best-3 (val acc:0.5) |")
+    points = search_points(study)
+    assert [p.number for p in points] == [0, 1, 2]  # re-evaluations stack on no point
+    figure = lr_weight_decay_figure(
+        points, metric_label="validation accuracy", maximize=True, title="t", selected=1
+    )
+    star = {c.get_gid(): c for c in figure.axes[0].collections}["best"]
+    np.testing.assert_array_equal(star.get_offsets(), [(0.005, 1e-5)])  # not the 0.9 trial

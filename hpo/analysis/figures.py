@@ -372,6 +372,7 @@ def lr_weight_decay_figure(
     log_y: bool = True,
     x_range: tuple[float, float] | None = None,
     y_range: tuple[float, float] | None = None,
+    selected: int | None = None,
 ) -> Figure:
     """Learning rate (x) against weight decay (y), one point per finished trial.
 
@@ -379,9 +380,10 @@ def lr_weight_decay_figure(
     "complete": its offsets and array are the trials' parameters and values, in `points`
     order); pruned trials hollow, edged in the colour of their last value (gid "pruned");
     pruned trials without a value grey crosses (gid "no value"); the best trial is starred
-    (gid "best"). Bright is good in either direction: the colour map is reversed for a
-    metric that is minimised. The colour scale spans the completed trials; pruned values
-    beyond it take its end colours (the colour bar's pointed ends say so).
+    (gid "best"), or with `selected` (a selection's winner, by its mean over several
+    trainings) that trial instead. Bright is good in either direction: the colour map is
+    reversed for a metric that is minimised. The colour scale spans the completed trials;
+    pruned values beyond it take its end colours (the colour bar's pointed ends say so).
     """
     complete = [p for p in points if not p.pruned]
     pruned = [p for p in points if p.pruned and p.value is not None and math.isfinite(p.value)]
@@ -395,7 +397,9 @@ def lr_weight_decay_figure(
         axes.set_xscale("log")
     if log_y:
         axes.set_yscale("log")
-    mappable, best = _scatter_search(axes, complete, pruned, no_value, cmap, norm, maximize)
+    mappable, best = _scatter_search(
+        axes, complete, pruned, no_value, cmap, norm, maximize, selected
+    )
     if x_range is not None:
         axes.set_xlim(*_padded(x_range, log_x))
     if y_range is not None:
@@ -406,7 +410,10 @@ def lr_weight_decay_figure(
     axes.set_ylabel("weight decay (weight_decay_lambda)")
     axes.set_title(title, fontsize=11)
     axes.grid(True, which="major", alpha=0.3)
-    _search_legend(axes, cmap, complete=complete, pruned=pruned, no_value=no_value, best=best)
+    _search_legend(
+        axes, cmap, complete=complete, pruned=pruned, no_value=no_value, best=best,
+        selected=selected is not None,
+    )  # fmt: skip
     return _agg(figure)
 
 
@@ -436,6 +443,7 @@ def _search_legend(
     pruned: Sequence[SearchPoint],
     no_value: Sequence[SearchPoint],
     best: SearchPoint | None,
+    selected: bool = False,
 ) -> None:
     """The lr-weight decay figure's legend, below the axes."""
     # Handles of their own: a collection's first point would give its legend entry a colour.
@@ -448,7 +456,8 @@ def _search_legend(
             _marker("x", f"pruned without a value, e.g. diverged ({len(no_value)})", edge="0.55")
         )
     if best is not None:
-        handles.append(_marker("*", f"best: trial {best.number}", edge="crimson", size=13))
+        what = "selected (best mean)" if selected else "best"
+        handles.append(_marker("*", f"{what}: trial {best.number}", edge="crimson", size=13))
     axes.legend(
         handles=handles, loc="upper center", bbox_to_anchor=(0.5, -0.12), ncols=2, fontsize=8
     )
@@ -462,6 +471,7 @@ def _scatter_search(
     cmap: Colormap,
     norm: Normalize,
     maximize: bool,
+    selected: int | None = None,
 ) -> tuple[PathCollection, SearchPoint | None]:
     """The trials of `lr_weight_decay_figure` as points (see its docstring for the gids):
     the completed trials' collection, for the colour bar, and the best trial if any."""
@@ -507,6 +517,7 @@ def _scatter_search(
         return mappable, None
     sign = -1.0 if maximize else 1.0  # ties go to the lower number, as in `ranked_trials`
     best = min(complete, key=lambda p: (sign * _value(p), p.number))
+    best = next((p for p in complete if p.number == selected), best)
     _star(axes, best)
     return mappable, best
 

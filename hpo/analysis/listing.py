@@ -27,12 +27,21 @@ def fmt(value: Any) -> str:
 def best_lines(study: optuna.Study, metric: str, n: int = 5) -> list[str]:
     """The book's listing: `Best-1 (val acc:0.83) | lr:0.0092, weight decay:3.86e-07`."""
     label = METRIC_LABELS.get(metric, metric)
+    selected = {e.trial.number: e for e in selection_estimates(study)}
     lines = []
     for rank, trial in enumerate(ranked_trials(study)[:n], start=1):
         settings = ", ".join(
             f"{DISPLAY_NAMES.get(name, name)}:{fmt(value)}" for name, value in trial.params.items()
         )
-        lines.append(f"Best-{rank} ({label}:{fmt(trial.value)}) | {settings}")
+        estimate = selected.get(trial.number)
+        # After a selection its finalists lead, by the mean of all their trainings.
+        value = (
+            f"{label}:{fmt(estimate.mean)} ± {fmt(estimate.std)} over {estimate.n}, "
+            f"search {fmt(trial.value)}"
+            if estimate is not None
+            else f"{label}:{fmt(trial.value)}"
+        )
+        lines.append(f"Best-{rank} ({value}) | {settings}")
     return lines
 
 

@@ -28,7 +28,7 @@ from hpo.analysis.listing import (
     outcome_counts,
     ranked_trials,
 )
-from hpo.spec.outcomes import COUNTED
+from hpo.spec.outcomes import COUNTED, is_selection, selection_estimates
 from hpo.spec.search.space import same_value
 from hpo.tracking.reports import log_files_to_parent_run
 
@@ -111,12 +111,15 @@ def curve_panels(study: optuna.Study, metric: str, top: int) -> list[figures.Cur
     """Figure 6-24's panels: the `top` best completed trials by the study's metric, each with
     its stored per-epoch accuracies (whatever the metric: the book plots accuracy)."""
     label = METRIC_LABELS.get(metric, metric)
+    selected = {e.trial.number: e for e in selection_estimates(study)}
     panels = []
     for rank, trial in enumerate(ranked_trials(study)[:top], start=1):
         history = trial.user_attrs.get("history") or {}
+        estimate = selected.get(trial.number)  # a finalist: its mean over every training
+        value = fmt(estimate.mean if estimate is not None else trial.value)
         panels.append(
             figures.CurvePanel(
-                title=f"Best-{rank} ({label}:{fmt(trial.value)})",
+                title=f"Best-{rank} ({label}:{value}{' mean' if estimate else ''})",
                 caption=describe(trial.params),
                 val_acc=list(history.get("val_acc", [])),
                 train_acc=list(history.get("train_acc", [])),
@@ -203,8 +206,8 @@ def search_points(study: optuna.Study) -> list[figures.SearchPoint]:
     """Every completed and pruned trial's lr and weight decay, with its value."""
     points = []
     for trial in study.get_trials(deepcopy=False, states=COUNTED):
-        if LR not in trial.params or WEIGHT_DECAY not in trial.params:
-            continue
+        if LR not in trial.params or WEIGHT_DECAY not in trial.params or is_selection(trial):
+            continue  # a re-evaluation would stack on its finalist's point
         points.append(
             figures.SearchPoint(
                 number=trial.number,
@@ -382,12 +385,14 @@ def _lr_weight_decay_drawing(study: optuna.Study, label: str) -> Callable[[], Fi
     (x_range, log_x), (y_range, log_y) = (_searched_range(study, n) for n in (LR, WEIGHT_DECAY))
     points = search_points(study)
     n_pruned = sum(p.pruned for p in points)
+    winners = selection_estimates(study)
     return lambda: figures.lr_weight_decay_figure(
         points,
         metric_label=label,
         maximize=_maximize(study),
         title=f"{study.study_name}: learning rate and weight decay of "
         f"{len(points) - n_pruned} completed and {n_pruned} pruned trials",
+        selected=winners[0].trial.number if winners else None,
         log_x=log_x,
         log_y=log_y,
         x_range=x_range,
