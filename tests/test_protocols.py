@@ -505,3 +505,81 @@ def test_the_report_shows_a_selection_by_its_means_and_stars_its_winner():
     )
     star = {c.get_gid(): c for c in figure.axes[0].collections}["best"]
     np.testing.assert_array_equal(star.get_offsets(), [(0.005, 1e-5)])  # not the 0.9 trial
+
+
+# -- pruning between folds: Optuna's WilcoxonPruner ------------------------------------------
+
+WILCOXON = '[evaluation]\nprotocol = "kfold"\nfolds = 4\n[pruner]\nname = "wilcoxon"\n'
+
+
+@pytest.mark.parametrize(
+    ("extra", "key"),
+    [
+        ('[pruner]\nname = "wilcoxon"', "pruner.name"),  # the book's holdout: no folds to pair
+        ('[evaluation]\nprotocol = "repeats"\n[pruner]\nname = "wilcoxon"', "pruner.name"),
+        (WILCOXON + "p_threshold = 0", "pruner.p_threshold"),
+        (WILCOXON + "p_threshold = 1.5", "pruner.p_threshold"),
+        (WILCOXON + "n_startup_steps = -1", "pruner.n_startup_steps"),
+    ],
+)
+def test_the_wilcoxon_pruner_needs_folds_and_valid_options(tmp_path, extra, key):
+    with pytest.raises(ConfigError) as error:
+        load_study_file(_write(tmp_path, extra=extra))
+    assert error.value.key == key, error.value
+
+
+def test_folds_train_one_after_another_and_a_clearly_worse_trial_stops_between_them(tmp_path):
+    # Four folds: one-sided signed-rank p is at least 1/8 after three, so p_threshold 0.2.
+    spec = load_study_file(_write(tmp_path, extra=WILCOXON + "p_threshold = 0.2"))
+    splits = load_splits(spec.data, seed=spec.study.seed)
+    study = optuna.create_study(direction="maximize", pruner=spec.build_pruner())
+    study.enqueue_trial({"lr": 0.3}, user_attrs={"seed": 1})  # learns
+    study.enqueue_trial({"lr": 0.001}, user_attrs={"seed": 2})  # barely moves in 3 epochs
+    study.optimize(Objective(spec, splits), n_trials=2)
+    good, bad = study.trials
+    assert good.state == TrialState.COMPLETE
+    assert good.intermediate_values == dict(enumerate(good.user_attrs["scores"]))
+    assert bad.state == TrialState.PRUNED
+    folds = len(bad.user_attrs["scores"])
+    assert folds == 3  # stopped between folds; never after the last, which would save nothing
+    assert bad.user_attrs["epochs"] == 3 * folds
+    assert len(bad.user_attrs["history"]["val_acc"]) == 3  # the mean curve of those folds
+    config = spec.space.suggest(optuna.trial.FixedTrial({"lr": 0.001}), spec.base)
+    trainings = trial_trainings(
+        spec.evaluation, splits, trial_seed=2, study_seed=3, val_fraction=0.2
+    )
+    for data, score in zip(trainings, bad.user_attrs["scores"], strict=False):
+        assert train_trial(data, config, data.seed)[1].final.val_acc == score
+    replayed = replay_record(spec, splits, {"lr": 0.001}, 2, folds=folds)
+    assert replayed["history"] == bad.user_attrs["history"]
+    assert replayed["scores"] == bad.user_attrs["scores"]
+
+
+@pytest.mark.slow
+def test_two_workers_prune_between_folds_through_the_storage(tmp_path):
+    extra = WILCOXON + "p_threshold = 0.2\nn_startup_steps = 1\n[selection]\nfinalists = 2"
+    path = _write(tmp_path, study="max_epochs = 240", extra=extra)
+    text = path.read_text().replace("low = 1e-3", "low = 1e-5")  # room for hopeless rates
+    path.write_text(text)
+    storage = f"sqlite:///{tmp_path / 's.db'}"
+    run = _hpo("run", str(path), "--storage", storage, "--no-mlflow", "--workers", "2",
+               "--no-progress", cwd=tmp_path)  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    study = optuna.load_study(study_name="robust", storage=storage)
+    counted = [t for t in study.trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
+    assert sum(map(trial_epochs, counted)) <= 240
+    pruned = [
+        t for t in counted if t.state == TrialState.PRUNED and "diverged" not in t.user_attrs
+    ]
+    assert pruned, "no trial was pruned between folds"
+    for trial in counted:
+        if "diverged" in trial.user_attrs:
+            continue  # its last fold stopped part-way: its epochs are not whole folds
+        scores = trial.user_attrs.get("scores", [])
+        assert trial.intermediate_values == dict(enumerate(scores))  # a step per fold
+        assert trial.user_attrs["epochs"] == 3 * len(scores)
+        if trial.state == TrialState.PRUNED:
+            assert len(scores) < 4  # never after the last fold
+    reevaluations = [t for t in counted if SELECTION_OF in t.user_attrs]
+    assert len(reevaluations) == 4
+    assert all(t.state == TrialState.COMPLETE for t in reevaluations)

@@ -129,7 +129,12 @@ def replay_of(spec: StudySpec, trial: FrozenTrial, *, splits: DataSplits | None 
         splits = load_splits(spec.data, seed=spec.study.seed)
     seed, metric = int(trial.user_attrs["seed"]), spec.study.metric
     recorded = trial.user_attrs["history"][metric]
-    again = replay_record(spec, splits, dict(trial.params), seed)
+    from optuna.trial import TrialState
+
+    folds = None
+    if spec.prunes_by_fold and trial.state == TrialState.PRUNED:  # stopped between folds
+        folds = len(trial.user_attrs.get("scores", ())) or None
+    again = replay_record(spec, splits, dict(trial.params), seed, folds=folds)
     return Replay(
         trial,
         seed,

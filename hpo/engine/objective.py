@@ -99,7 +99,9 @@ class Objective:
         self.mirror = mirror
         self.decision_epochs = spec.decision_epochs
         self.prune = bool(self.decision_epochs)
+        self.by_fold = spec.prunes_by_fold  # folds one after another, a decision after each
         self.metric = spec.study.metric
+        self.most_trainings: int | None = None  # a replay of a trial pruned after some folds
 
     def config_for(self, trial: optuna.trial.BaseTrial) -> TrainConfig:
         return self.spec.space.suggest(trial, self.spec.base)
@@ -108,7 +110,9 @@ class Objective:
         config = self.config_for(trial)
         seed = trial_seed(trial, self.spec.study.seed, self.spec.study.name)
         # A finalist's re-evaluation is a measurement, not a candidate: it is never pruned.
-        prune = self.prune and SELECTION_OF not in initial_user_attrs(trial)
+        candidate = SELECTION_OF not in initial_user_attrs(trial)
+        prune = self.prune and candidate
+        prune_folds = self.by_fold and candidate
         history = EpochHistory()
         reported: set[int] = set()  # the epochs reported to the trial so far
         for observer in self.observers:
@@ -140,12 +144,23 @@ class Objective:
             if trial.should_prune():
                 raise optuna.TrialPruned(f"pruned at epoch {epoch}")
 
+        def after_fold(index: int, score: float) -> None:
+            if isinstance(trial, optuna.trial.FixedTrial):
+                return  # a replay: nothing is stored, nothing pruned
+            trial.report(score, index)  # a fold's score is the step the pruner compares
+            last = index == len(trainings) - 1  # stopping after the last fold saves nothing
+            if prune_folds and not last and trial.should_prune():
+                raise optuna.TrialPruned(f"pruned after fold {index + 1}")
+
         state, final = TrialState.FAIL, None
         trainings: list[TrainingData] = []
         together = TrainedTogether()
         try:
-            trainings = self.trainings(seed)
-            final = train_together(trainings, config, on_epoch_end, together)
+            trainings = self.trainings(seed)[: self.most_trainings]
+            if self.by_fold:
+                final = train_fold_by_fold(trainings, config, self.metric, after_fold, together)
+            else:
+                final = train_together(trainings, config, on_epoch_end, together)
             state = TrialState.COMPLETE
         except TrainingDiverged as diverged:
             state = TrialState.PRUNED
@@ -158,14 +173,19 @@ class Objective:
             trial.set_user_attr("error", f"{type(error).__name__}: {error}")
             raise
         finally:
+            if self.by_fold:  # the mean curve of the folds trained, now that they have ended
+                for metrics in together.mean_curve():
+                    on_epoch_end(metrics.epoch, metrics)
             trial.set_user_attr("history", history.columns)
             if len(trainings) > 1:  # the mean is the value; what it is the mean of, kept
                 trial.set_user_attr("epochs", together.epochs)
+                scores = together.scores(self.metric)
+                if state == TrialState.COMPLETE or (self.by_fold and scores):
+                    trial.set_user_attr("scores", scores)  # by fold: those that ended
                 if state == TrialState.COMPLETE:
-                    scores = together.scores(self.metric)
-                    trial.set_user_attr("scores", scores)
                     trial.set_user_attr("score_std", statistics.stdev(scores))
-            _report_every_epoch(trial, history.columns[self.metric], reported)
+            if not self.by_fold:  # by fold, the intermediate values are the folds' scores
+                _report_every_epoch(trial, history.columns[self.metric], reported)
             for observer in self.observers:
                 observer.trial_ending(trial)
             if session is not None:
@@ -236,6 +256,7 @@ class TrainedTogether:
     """What `train_together` trained, kept even when it stops early (pruned, diverged)."""
 
     runs: list[Training] = field(default_factory=list)
+    ended: int = 0  # the first `ended` trainings ran to their last epoch
 
     @property
     def epochs(self) -> int:
@@ -243,8 +264,17 @@ class TrainedTogether:
         return sum(len(run.history) for run in self.runs)
 
     def scores(self, metric: str) -> list[float]:
-        """Each training's final `metric`, in order."""
-        return [getattr(run.history.final, metric) for run in self.runs]
+        """Each finished training's final `metric`, in order."""
+        return [getattr(run.history.final, metric) for run in self.runs[: self.ended]]
+
+    def mean_curve(self) -> list[EpochMetrics]:
+        """The trainings' metrics averaged epoch by epoch (over those that reached it)."""
+        longest = max((len(run.history) for run in self.runs), default=0)
+        curve = []
+        for e in range(longest):
+            each = [run.history.epochs[e] for run in self.runs if len(run.history) > e]
+            curve.append(each[0] if len(each) == 1 else _mean(e + 1, each))
+        return curve
 
 
 def train_together(
@@ -267,7 +297,30 @@ def train_together(
         means = each[0] if len(each) == 1 else _mean(epoch, each)
         on_epoch_end(epoch, means)
     assert means is not None
+    together.ended = len(together.runs)
     return means
+
+
+def train_fold_by_fold(
+    trainings: list[TrainingData],
+    config: TrainConfig,
+    metric: str,
+    after_fold: Callable[[int, float], None],
+    together: TrainedTogether,
+) -> EpochMetrics:
+    """Train a trial's folds one after another, each to the end, and give `after_fold` each
+    one's final `metric` (a pruner between folds may stop the trial there). Returns the mean
+    of the folds' last epochs. Each network is the one `train_trial` gives."""
+    together.runs = []
+    for index, data in enumerate(trainings):
+        run = _start(data, config, data.seed)
+        together.runs.append(run)
+        for _ in range(config.epochs):
+            run.epoch()
+        together.ended += 1
+        after_fold(index, getattr(run.history.final, metric))
+    finals = [run.history.final for run in together.runs]
+    return finals[0] if len(finals) == 1 else _mean(config.epochs, finals)
 
 
 def _mean(epoch: int, each: list[EpochMetrics]) -> EpochMetrics:
@@ -289,14 +342,21 @@ def replay_trial(
 
 
 def replay_record(
-    spec: StudySpec, splits: DataSplits, params: dict[str, Any], seed: int
+    spec: StudySpec,
+    splits: DataSplits,
+    params: dict[str, Any],
+    seed: int,
+    *,
+    folds: int | None = None,
 ) -> dict[str, Any]:
     """`replay_trial`, with everything the trial records: its `history`, and under a protocol
-    of several trainings each one's score (`scores`) and the epochs (`epochs`)."""
+    of several trainings each one's score (`scores`) and the epochs (`epochs`). `folds`: only
+    the first ones, as a trial pruned between folds trained."""
     fixed = optuna.trial.FixedTrial(params)
     fixed.set_user_attr("seed", seed)
     objective = Objective(spec, splits)
     objective.prune = False
+    objective.most_trainings = folds
     # A diverged replay raises TrialPruned: the history up to there is what there is.
     with contextlib.suppress(optuna.TrialPruned):
         objective(fixed)

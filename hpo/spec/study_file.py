@@ -41,6 +41,7 @@ from hpo.spec.keys import (
 from hpo.spec.kinds import KINDS, STUDY_KINDS, TRAINING, Direction, StudyKind
 from hpo.spec.limits import MAX_SEED, MAX_TIMEOUT_S, MAX_TOTAL_EPOCHS, MAX_TRIALS
 from hpo.spec.probe_settings import ProbeSettings
+from hpo.spec.search.pruners import BY_FOLD
 from hpo.spec.search.samplers import PRUNERS, SAMPLERS, PrunerSpec, SamplerSpec
 from hpo.spec.search.space import ParamSpec, SearchSpace, same_value
 from hpo.spec.search.tables import hidden_sizes, parse_search
@@ -198,7 +199,19 @@ class StudySpec:
         _check_pruner(self.kind, self.pruner)
         if self.probe is not None:
             self.probe.check_space(self.space)
+        if self.prunes_by_fold and self.evaluation.protocol != KFOLD:
+            raise ConfigError(
+                f"pruner {toml_repr(self.pruner.name)} compares a trial's fold scores with the "
+                "best trial's on the same folds, so it needs [evaluation] protocol = "
+                f'"kfold", but the protocol is {toml_repr(self.evaluation.protocol)}',
+                key="pruner.name",
+            )
         self._check_budget()
+
+    @property
+    def prunes_by_fold(self) -> bool:
+        """The pruner decides between folds (trained one after another), not between epochs."""
+        return self.pruner.name in BY_FOLD
 
     def _check_budget(self) -> None:
         """A budget of epochs must hold at least one trial, and the selection's trials."""

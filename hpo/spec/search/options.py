@@ -23,7 +23,8 @@ def no_check(options: Options) -> None:
 
 @dataclass(frozen=True)
 class Option:
-    """One option: `kind` is "int", "bool" or "str"; None as default means "not set"."""
+    """One option: `kind` is "int", "bool", "str" or "fraction" (a number in (0, 1]); None as
+    default means "not set"."""
 
     kind: str
     default: Any
@@ -37,6 +38,8 @@ class Option:
             return "one of " + ", ".join(toml_repr(c) for c in self.choices)
         if self.kind == "bool":
             return "true or false"
+        if self.kind == "fraction":
+            return "a number in (0, 1]"
         if self.minimum is not None and self.maximum is not None:
             return f"an integer from {self.minimum} to {self.maximum:,}"
         return "an integer" + (f" >= {self.minimum}" if self.minimum is not None else "")
@@ -48,6 +51,8 @@ class Option:
     def is_valid(self, value: Any) -> bool:
         if value is None:
             return self.default is None  # an unset option, as resolved options carry it
+        if self.kind == "fraction":
+            return has_kind(value, "number") and 0 < value <= 1
         if not has_kind(value, self.kind):
             return False
         if self.choices and value not in self.choices:

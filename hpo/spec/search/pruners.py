@@ -108,6 +108,19 @@ def _hyperband(o: Options, epochs: int) -> BasePruner:
     return HyperbandPruner(**{**o, "max_resource": o["max_resource"] or epochs})
 
 
+def _wilcoxon(o: Options, epochs: int) -> BasePruner:
+    import warnings
+
+    from optuna.exceptions import ExperimentalWarning
+    from optuna.pruners import WilcoxonPruner
+
+    with warnings.catch_warnings():  # experimental since Optuna 3.6; pinned by our tests
+        warnings.simplefilter("ignore", ExperimentalWarning)
+        return WilcoxonPruner(
+            p_threshold=float(o["p_threshold"]), n_startup_steps=o["n_startup_steps"]
+        )
+
+
 def _check_hyperband(o: Options) -> None:
     if o["max_resource"] is not None and o["max_resource"] < o["min_resource"]:
         raise ConfigError(
@@ -157,7 +170,20 @@ PRUNERS: dict[str, PrunerEntry] = {
         first_key="min_resource",
         check=_check_hyperband,
     ),
+    # Decides between folds, not epochs (see `BY_FOLD`): a trial's fold scores against the
+    # best trial's on the same folds, by Wilcoxon's signed-rank test.
+    "wilcoxon": PrunerEntry(
+        {
+            "p_threshold": Option(
+                "fraction", 0.1, help="prune when the trial is worse than the best at this p"
+            ),
+            "n_startup_steps": Option("int", 2, minimum=0, help="folds before any decision"),
+        },
+        _wilcoxon,
+        lambda o, epochs: frozenset(),
+    ),
 }
+BY_FOLD: frozenset[str] = frozenset({"wilcoxon"})  # pruners fed one score per fold
 
 
 @dataclass(frozen=True, repr=False)
