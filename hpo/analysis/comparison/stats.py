@@ -413,8 +413,13 @@ def _test_table(s: Summary) -> list[str]:
             f"Refit ({', '.join(sorted(s.refit))}): the retrained configuration is trained "
             "once more on the whole search pool, training and validation together "
             "(`[evaluation] refit`), after its first training has reproduced the record "
-            "exactly, and that network is the one tested; the other arms test the network "
-            "trained on the training split, as the book does.",
+            "exactly, and that network is the one tested"
+            + (
+                "; the other arms test the network trained on the training split, as the "
+                "book does."
+                if set(s.arms) - s.refit
+                else "."
+            ),
             *_without_refit(s),
         ]
     return lines + _pairs_table(s)
