@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import statistics
@@ -173,10 +174,16 @@ def test_rows_count_a_trials_own_epochs_and_tell_selection_trials_apart(tmp_path
     # results.csv keeps the role; a file written before it existed reads as search rows.
     write_rows(rows, tmp_path / "results.csv")
     assert read_rows(tmp_path / "results.csv") == rows
-    lines = (tmp_path / "results.csv").read_text().splitlines()
-    old = [",".join(line.split(",")[:-1]) for line in lines]  # params hold no comma here
-    (tmp_path / "old.csv").write_text("\n".join(old) + "\n")
-    assert {r.role for r in read_rows(tmp_path / "old.csv")} == {"search"}
+    with open(tmp_path / "results.csv", newline="") as f:
+        records = list(csv.DictReader(f))
+    newer = ("role", "test_acc_without_refit")  # the columns added since the first version
+    with open(tmp_path / "old.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=[k for k in records[0] if k not in newer])
+        writer.writeheader()
+        writer.writerows({k: v for k, v in r.items() if k not in newer} for r in records)
+    old_rows = read_rows(tmp_path / "old.csv")
+    assert {r.role for r in old_rows} == {"search"}
+    assert {r.test_acc_without_refit for r in old_rows} == {None}
 
 
 def test_the_winner_is_the_best_complete_trial_the_lower_number_on_ties():
