@@ -583,3 +583,14 @@ def test_two_workers_prune_between_folds_through_the_storage(tmp_path):
     reevaluations = [t for t in counted if SELECTION_OF in t.user_attrs]
     assert len(reevaluations) == 4
     assert all(t.state == TrialState.COMPLETE for t in reevaluations)
+
+
+def test_a_diverged_training_counts_the_epoch_it_diverged_in(tmp_path):
+    spec = load_study_file(_write(tmp_path))
+    splits = load_splits(spec.data, seed=spec.study.seed)
+    trial = optuna.trial.FixedTrial({"lr": 1e20})
+    with pytest.raises(optuna.TrialPruned):
+        Objective(spec, splits)(trial)
+    diverged_in = trial.user_attrs["diverged"]["epoch"]
+    assert len(trial.user_attrs["history"]["val_acc"]) == diverged_in - 1
+    assert trial.user_attrs["epochs"] == diverged_in  # what a budget of epochs counts

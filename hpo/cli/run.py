@@ -115,23 +115,26 @@ def _report(result: RunResult) -> int:
         print("\n".join(lines))
     elapsed = result.elapsed_s
     if spec.study.max_epochs is not None or spec.selection.enabled:
-        print(
-            f"{name}: {outcome.finished} trials finished, {result.epochs_trained:,}"
+        done = (
+            f"{outcome.finished} trials finished, {result.epochs_trained:,}"
             + (f"/{spec.study.max_epochs:,}" if spec.study.max_epochs is not None else "")
-            + f" epochs trained ({elapsed:.0f} s this run)"
+            + " epochs trained"
         )
+        counted = f"{outcome.finished} trials, {result.epochs_trained:,} epochs finished"
     else:
-        print(f"{name}: {outcome.finished}/{n_trials} trials finished ({elapsed:.0f} s this run)")
+        done = f"{outcome.finished}/{n_trials} trials finished"
+        counted = f"{outcome.finished}/{n_trials} finished"
+    print(f"{name}: {done} ({elapsed:.0f} s this run)")
     if result.mirrored:
         print(result.mirrored)
     for line in outcome.worker_lines:
         print(f"hpo run: {line}", file=sys.stderr)
     if outcome.interrupted:
-        return _interrupted(outcome, n_trials)
+        return _interrupted(outcome, counted)
     if not result.complete and not (outcome.gave_up or outcome.worker_failures):
         if outcome.worker_stops and not outcome.timed_out:
             print(
-                f"hpo run: every worker was stopped ({outcome.finished}/{n_trials} finished); "
+                f"hpo run: every worker was stopped ({counted}); "
                 "run the same command again to resume",
                 file=sys.stderr,
             )
@@ -196,11 +199,11 @@ def _run_as_worker(spec: StudySpec, settings: StorageSettings) -> int:
     return _exit_status(outcome)
 
 
-def _interrupted(outcome: RunOutcome, n_trials: int) -> int:
+def _interrupted(outcome: RunOutcome, counted: str) -> int:
     what = "interrupted" if outcome.stop_signal == "SIGINT" else "terminated (SIGTERM)"
     print(
         f"{what}: the running trials were marked failed (they do not count); run the same "
-        f"command again to resume ({outcome.finished}/{n_trials} finished)",
+        f"command again to resume ({counted})",
         file=sys.stderr,
     )
     return 128 + getattr(signal, outcome.stop_signal)

@@ -152,7 +152,7 @@ class Objective:
             if prune_folds and not last and trial.should_prune():
                 raise optuna.TrialPruned(f"pruned after fold {index + 1}")
 
-        state, final = TrialState.FAIL, None
+        state, final, partial = TrialState.FAIL, None, 0
         trainings: list[TrainingData] = []
         together = TrainedTogether()
         try:
@@ -163,7 +163,7 @@ class Objective:
                 final = train_together(trainings, config, on_epoch_end, together)
             state = TrialState.COMPLETE
         except TrainingDiverged as diverged:
-            state = TrialState.PRUNED
+            state, partial = TrialState.PRUNED, 1  # the epoch it diverged in was trained too
             trial.set_user_attr("diverged", {"epoch": diverged.epoch, "reason": diverged.reason})
             raise optuna.TrialPruned(str(diverged)) from None
         except optuna.TrialPruned:
@@ -177,8 +177,9 @@ class Objective:
                 for metrics in together.mean_curve():
                     on_epoch_end(metrics.epoch, metrics)
             trial.set_user_attr("history", history.columns)
+            if len(trainings) > 1 or partial:  # what a budget of epochs counts, when the
+                trial.set_user_attr("epochs", together.epochs + partial)  # history cannot say
             if len(trainings) > 1:  # the mean is the value; what it is the mean of, kept
-                trial.set_user_attr("epochs", together.epochs)
                 scores = together.scores(self.metric)
                 if state == TrialState.COMPLETE or (self.by_fold and scores):
                     trial.set_user_attr("scores", scores)  # by fold: those that ended
