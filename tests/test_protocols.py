@@ -324,6 +324,9 @@ def test_two_workers_spend_the_epoch_budget_exactly_and_select_by_mean(tmp_path)
     assert {t.user_attrs[SELECTION_OF] for t in selection} == {t.number for t in finalists}
     estimates = selection_estimates(study)
     assert [e.n for e in estimates] == [9, 9]  # 3 folds, in the search and twice more
+    # optuna-dashboard shows study attributes: the selection's winner, and how trials score
+    assert study.user_attrs["selected"].startswith(f"trial {estimates[0].trial.number}: val_acc")
+    assert "3-fold cross-validation" in study.user_attrs["evaluation"]
     assert ranked_trials(study)[0].number == estimates[0].trial.number
     for estimate in estimates:
         mine = [t for t in selection if t.user_attrs[SELECTION_OF] == estimate.trial.number]

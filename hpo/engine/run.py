@@ -223,10 +223,29 @@ def _run(
     elapsed = time.perf_counter() - started
     mirrored = mirror.close(interrupted=outcome.interrupted) if mirror is not None else None
     study = load_existing_study(settings, spec.study.name)
+    _show_selection(study, spec.study.metric)
     ranked = ranked_trials(study)
     return RunResult(
         spec, settings, created, outcome, elapsed, mirrored, study, ranked[0] if ranked else None
     )
+
+
+def _show_selection(study: optuna.Study, metric: str) -> None:
+    """The selection's winner as a study attribute, where optuna-dashboard shows it: its own
+    "best" is the best single value, the very luck a selection is there to see through."""
+    from hpo.spec.outcomes import selection_estimates
+
+    estimates = selection_estimates(study)
+    if not estimates:
+        return
+    won = estimates[0]
+    text = (
+        f"trial {won.trial.number}: {metric} {won.mean:.4g} ± {won.std:.2g}, the mean of "
+        f"{won.n} trainings (its search value {won.trial.value:.4g}); finalists: "
+        + ", ".join(f"{e.trial.number} ({e.mean:.4g})" for e in estimates)
+    )
+    if study.user_attrs.get("selected") != text:
+        study.set_user_attr("selected", text)
 
 
 def worker_argv(spec: StudySpec) -> list[str]:

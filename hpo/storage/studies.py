@@ -187,6 +187,8 @@ def _readable(spec: StudySpec) -> dict[str, Any]:
         assert spec.probe is not None
         described["kind"] = f"{spec.study.kind}: {spec.probe.describe()}"
     described["search"] = "; ".join(p.describe() for p in spec.space.params)
+    if spec.evaluation.protocol != HOLDOUT or spec.selection.enabled or spec.study.max_epochs:
+        described["evaluation"] = spec.describe_budget()
     return described
 
 
