@@ -314,16 +314,18 @@ class Worker:
     def _try_claim_within(self, budget: Budget) -> optuna.Trial | _Wait | None:
         """`_try_claim` for a budget of epochs or a selection, decided from the study's trials
         (see `hpo.engine.budget`)."""
-        claim = decide(budget, self.study.get_trials(deepcopy=False))
+        trials = self.study.get_trials(deepcopy=False)
+        claim = decide(budget, trials)
         if claim.next is Next.SELECT:  # under this lock: queued once, whoever comes first
             self._start_selection(claim)
-            claim = decide(budget, self.study.get_trials(deepcopy=False))
+            trials = self.study.get_trials(deepcopy=False)
+            claim = decide(budget, trials)
         if claim.next is Next.DONE:
             return None
         if claim.next is not Next.ASK:
             return _WAIT
-        if self.joined.batched is not None:
-            self.joined.batched.expect_waiting(self.counts().get("WAITING", 0))
+        if self.joined.batched is not None:  # counted in the trials just read, not again
+            self.joined.batched.expect_waiting(sum(t.state == TrialState.WAITING for t in trials))
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)  # see _try_claim
             return self.study.ask()
