@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from hpo.engine.objective import train_trial
-from hpo.engine.protocols import TrainingData
+from hpo.engine.protocols import search_pool
 from hpo.spec.data import load_splits
 from hpo.spec.load import load_study
 
@@ -44,14 +44,7 @@ def main() -> None:
             seed = 1000 + k
             network, _ = train_trial(splits, config, seed)
             split_only.append(network.evaluate(x_test, t_test)[1])
-            pool = TrainingData(
-                np.concatenate([splits.x_train, splits.x_val]),
-                np.concatenate([splits.t_train, splits.t_val]),
-                splits.x_val,
-                splits.t_val,
-                seed,
-                splits.n_classes,
-            )
+            pool = search_pool(splits, seed)
             refit, _ = train_trial(pool, config, seed)
             pool_too.append(refit.evaluate(x_test, t_test)[1])
         gains = np.array(pool_too) - np.array(split_only)

@@ -18,7 +18,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
@@ -135,7 +134,7 @@ def retrain(
     test figures. The caller checks `identical` before `evaluate_on_test`.
     """
     from hpo.engine.objective import train_trial
-    from hpo.engine.protocols import TrainingData, trial_trainings
+    from hpo.engine.protocols import search_pool, trial_trainings
     from hpo.spec.data import load_splits
 
     seed = trial_seed_of(trial)
@@ -153,15 +152,7 @@ def retrain(
     metric = spec.study.metric
     retrained = Retrained(trial, seed, metric, network, splits, getattr(history.final, metric))
     if spec.evaluation.refit and retrained.identical:
-        pool = TrainingData(
-            np.concatenate([splits.x_train, splits.x_val]),
-            np.concatenate([splits.t_train, splits.t_val]),
-            splits.x_val,  # reported on, never chosen by: the choice is made
-            splits.t_val,
-            seed,
-            splits.n_classes,
-        )
-        refit, _history = train_trial(pool, config, seed)
+        refit, _history = train_trial(search_pool(splits, seed), config, seed)
         retrained = dataclasses.replace(retrained, refit=refit)
     return retrained
 

@@ -58,8 +58,8 @@ def trial_trainings(
             )
             for seed in seeds
         ]
-    x = np.concatenate([splits.x_train, splits.x_val])
-    t = np.concatenate([splits.t_train, splits.t_val])
+    pool = search_pool(splits, trial_seed)
+    x, t = pool.x_train, pool.t_train
     if evaluation.protocol == RESHUFFLED:
         from sklearn.model_selection import train_test_split
 
@@ -80,6 +80,20 @@ def trial_trainings(
         _part(x, t, train, val, seed, splits.n_classes)
         for (train, val), seed in zip(folds.split(x, t), seeds, strict=True)
     ]
+
+
+def search_pool(splits: DataSplits, seed: int) -> TrainingData:
+    """The search pool, training and validation together, as one training's data: what k-fold
+    and reshuffled splits cut, and what a refit trains on. Its validation arrays are the
+    study's validation split, reported on and never chosen by: the choice is made by then."""
+    return TrainingData(
+        np.concatenate([splits.x_train, splits.x_val]),
+        np.concatenate([splits.t_train, splits.t_val]),
+        splits.x_val,
+        splits.t_val,
+        seed,
+        splits.n_classes,
+    )
 
 
 def _part(

@@ -29,7 +29,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from hpo.errors import ConfigError
-from hpo.spec.outcomes import ENDED
+from hpo.spec.outcomes import ENDED, trial_epochs
 from hpo.spec.search.samplers import PRUNERS, SAMPLERS
 from hpo.spec.seeds import derive_seed
 from hpo.spec.study_file import StudySpec
@@ -317,15 +317,6 @@ class Row:
         return self.index
 
 
-def _epochs(trial: FrozenTrial) -> int:
-    """Epochs the trial trained: its `epochs` user attribute when it has one (the total over
-    all the networks it trained, e.g. k folds), else the length of its one history."""
-    total = trial.user_attrs.get("epochs")
-    if isinstance(total, int) and not isinstance(total, bool):
-        return total
-    return len((trial.user_attrs.get("history") or {}).get("val_acc", []))
-
-
 def _role(trial: FrozenTrial) -> str:
     return SELECTION if "selection_of" in trial.user_attrs else SEARCH
 
@@ -345,7 +336,7 @@ def study_rows(job: Job, studies: Sequence[optuna.Study]) -> list[Row]:
     for study_name, trial in trials:
         if trial.state not in ENDED:
             continue
-        epochs = _epochs(trial)
+        epochs = trial_epochs(trial)
         role = _role(trial)
         finished = trial.state != TrialState.FAIL and role == SEARCH
         if finished:
