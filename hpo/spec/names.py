@@ -30,10 +30,15 @@ def check_new_study_name(name: str) -> None:
         )
 
 
+def name_safe(text: str) -> str:
+    """`text` with every character a study name cannot hold made '_'."""
+    return _UNSAFE.sub("_", text)
+
+
 def study_folder(root: Path, name: str) -> Path:
     """`root/<name>`, with a name that is not a safe folder name made into one; never a path
     outside `root`."""
-    folder = _UNSAFE.sub("_", name).lstrip(".") or "_"
+    folder = name_safe(name).lstrip(".") or "_"
     path = root / folder[:MAX_NAME]
     assert path.resolve().is_relative_to(root.resolve()), path
     return path

@@ -10,16 +10,14 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import re
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
 from hpo.analysis.comparison.studies import Arm, ComparePlan
 from hpo.errors import ConfigError
+from hpo.spec.names import name_safe
 from hpo.spec.study_file import StudySpec
-
-_UNSAFE = re.compile(r"[^A-Za-z0-9._-]")  # what a study name cannot hold (hpo.spec.names)
 
 
 def plan_files(
@@ -111,7 +109,7 @@ def arm_names(paths: Sequence[Path]) -> list[str]:
 
     def name(i: int) -> str:
         folders = [p.name for p in paths[i].parents if p.name][: depth[i]]
-        return _UNSAFE.sub("_", "-".join([*reversed(folders), paths[i].stem]))
+        return name_safe("-".join([*reversed(folders), paths[i].stem]))
 
     while True:
         counts = Counter(name(i) for i in range(len(paths)))
