@@ -226,10 +226,19 @@ class StudySpec:
             )
         if epochs < self.trial_epochs + self.selection_epochs:
             need = self.trial_epochs + self.selection_epochs
+            trial = (
+                f"one trial ({self.trial_epochs:,} epochs: {self.evaluation.trainings} "
+                f"trainings of {self.base.epochs})"
+                if self.evaluation.trainings > 1
+                else f"one trial ({self.trial_epochs:,} epochs)"
+            )
+            selection = (
+                f" and the selection ({self.selection_epochs:,}), {need:,} in all"
+                if self.selection_epochs
+                else ""
+            )
             raise ConfigError(
-                f"must hold at least one trial ({self.trial_epochs:,} epochs: "
-                f"{self.evaluation.trainings} training(s) of {self.base.epochs}) and the "
-                f"selection ({self.selection_epochs:,}), {need:,} in all, but got {epochs:,}",
+                f"must hold at least {trial}{selection}, but got {epochs:,}",
                 key="study.max_epochs",
             )
 
