@@ -229,3 +229,32 @@ def test_every_epoch_is_stored_as_an_intermediate_value_and_the_metric_is_named(
         history = trial.user_attrs["history"]["val_acc"]
         assert trial.intermediate_values == dict(enumerate(history, start=1)), trial.number
     assert {t.state.name for t in study.trials} == {"COMPLETE", "PRUNED"}
+
+
+def test_a_lock_whose_connection_dies_under_it_lets_the_first_error_through(fresh_postgres_url):
+    """A query on the lock's connection that the server kills (a restart) leaves the
+    connection in a failed transaction; releasing the lock must not replace that error, which
+    the claim retries as an outage, with one that is not transient (seen in a CI run: a worker
+    ended with PendingRollbackError during a PostgreSQL restart)."""
+    import sqlalchemy
+
+    from hpo.storage.locks import StorageLock
+
+    settings = resolve_storage(fresh_postgres_url)
+    lock = StorageLock(settings, "claim:test", timeout=10, reuse=True)
+    admin = sqlalchemy.create_engine(fresh_postgres_url, isolation_level="AUTOCOMMIT")
+    try:
+        with pytest.raises(sqlalchemy.exc.OperationalError), lock:
+            assert lock.connection is not None
+            pid = lock.connection.execute(sqlalchemy.text("SELECT pg_backend_pid()")).scalar()
+            with admin.connect() as connection:
+                connection.execute(
+                    sqlalchemy.text("SELECT pg_terminate_backend(:pid)"), {"pid": pid}
+                )
+            lock.connection.execute(sqlalchemy.text("SELECT 1"))
+        with lock:  # taken again, on a new connection
+            assert lock.connection is not None
+            assert lock.connection.execute(sqlalchemy.text("SELECT 1")).scalar() == 1
+    finally:
+        lock.close()
+        admin.dispose()

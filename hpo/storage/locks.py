@@ -155,8 +155,10 @@ class StorageLock:
                 try:
                     self._connection.execute(statement, {"key": _key(self.name)})
                     self._connection.commit()
-                except sqlalchemy.exc.DBAPIError:
-                    # The connection died, and with it the lock; start afresh next time.
+                except (sqlalchemy.exc.DBAPIError, sqlalchemy.exc.PendingRollbackError):
+                    # The connection died (now, or under a query made while the lock was
+                    # held), and with it the lock; start afresh next time, and let the error
+                    # that killed it be the one the caller sees.
                     self._connection.invalidate()
                     self._connection = None
         elif self.settings.sqlite_path is None:
