@@ -244,14 +244,15 @@ def test_a_lock_whose_connection_dies_under_it_lets_the_first_error_through(fres
     lock = StorageLock(settings, "claim:test", timeout=10, reuse=True)
     admin = sqlalchemy.create_engine(fresh_postgres_url, isolation_level="AUTOCOMMIT")
     try:
-        with pytest.raises(sqlalchemy.exc.OperationalError), lock:
+        with lock:
             assert lock.connection is not None
             pid = lock.connection.execute(sqlalchemy.text("SELECT pg_backend_pid()")).scalar()
             with admin.connect() as connection:
                 connection.execute(
                     sqlalchemy.text("SELECT pg_terminate_backend(:pid)"), {"pid": pid}
                 )
-            lock.connection.execute(sqlalchemy.text("SELECT 1"))
+            with pytest.raises(sqlalchemy.exc.OperationalError):
+                lock.connection.execute(sqlalchemy.text("SELECT 1"))
         with lock:  # taken again, on a new connection
             assert lock.connection is not None
             assert lock.connection.execute(sqlalchemy.text("SELECT 1")).scalar() == 1

@@ -155,6 +155,48 @@ def test_runs_mirror_trials_state_by_state(study_setup, tracking_uri):
     assert max(m.value for m in best) == study.best_value
 
 
+class SlowStart:
+    """Holds each trial back after its run is asked for, so that the mirror's periodic flush
+    finds the run's params before any of its values."""
+
+    def trial_started(self, trial, seed):
+        time.sleep(0.5)
+
+    def epoch_ended(self, trial, epoch, metrics):
+        pass
+
+    def trial_ending(self, trial):
+        pass
+
+
+def test_params_reach_the_run_when_a_flush_comes_before_the_first_epoch(
+    tiny_study_file, tmp_path, monkeypatch, tracking_uri
+):
+    monkeypatch.chdir(tmp_path)
+    spec = load_study_file(tiny_study_file(n_trials=2, epochs=2))
+    settings = resolve_storage(f"sqlite:///{tmp_path / 'study.db'}")
+    prepare_study(settings, spec)
+    joined = join_study(settings, spec)
+    experiment = _experiment()
+    mirror = Mirror(
+        TrackingSettings(enabled=True, uri=tracking_uri, experiment=experiment),
+        settings, spec, flush_interval=0.05,
+    )  # fmt: skip
+    mirror.study_ready()
+    tracker = TrialMirror(mirror.worker_end(0), run_id_wait=30.0)
+    assert tracker.wait_ready(60)
+    objective = Objective(
+        spec, load_splits(spec.data, seed=spec.study.seed), observers=(tracker, SlowStart())
+    )
+    Worker(joined, settings, objective, n_trials=2, on_trial_end=tracker.trial_finished).run()
+    assert mirror.close(interrupted=False) is not None
+    _, children = mlflow_runs(tracking_uri, experiment)
+    assert len(children) == 2
+    for run in children:
+        assert set(run.data.params) == {"lr", "trial_number", "seed"}, run.data.params
+        assert run.data.params["trial_number"] == run.data.tags["hpo.trial_number"]
+
+
 def _hpo_run(study_file, storage_url, tracking_uri, experiment, *extra, cwd):
     env = os.environ | {"OPENBLAS_NUM_THREADS": "1"}
     return subprocess.Popen(

@@ -29,8 +29,10 @@ from typing import Any, cast
 from optuna.trial import FrozenTrial, TrialState
 
 from hpo.spec.outcomes import COUNTED, completed_value
+from hpo.tracking.local_store import LocalStore
 from hpo.tracking.runs import (
     COMPLETE_TAG,
+    DEFAULT_URI,
     MAX_BATCH,
     STATUS,
     StudyRun,
@@ -79,6 +81,7 @@ class Backend:
         self.channels = channels
         self.worker_pids: dict[int, int] = {}
         self.client: Any = None
+        self.local: LocalStore | None = None  # direct writes into a local SQLite store
         self.parent: StudyRun | None = None
         self.unmirrored: set[int] = set()
         self.seen: set[int] = set()  # every trial a worker of this run started or ended
@@ -121,7 +124,7 @@ class Backend:
 
     def finish(self, trial: FrozenTrial) -> None:
         _import_mlflow()
-        from mlflow.entities import Metric, RunTag
+        from mlflow.entities import Metric
 
         self.seen.add(trial.number)
         with self._lock:
@@ -139,32 +142,72 @@ class Backend:
         metrics, tags = final_fields(trial, self.metric)
         tags[COMPLETE_TAG] = "true"
         batch = pending + metrics  # the last values and the final fields in one call
+        status = STATUS.get(trial.state, "FAILED")
+        end_time = epoch_ms(trial.datetime_complete)
         try:
-            while len(batch) > MAX_BATCH:
-                self._call(self.client.log_batch, state.run_id, metrics=batch[:MAX_BATCH])
-                batch = batch[MAX_BATCH:]
-            self._call(
-                self.client.log_batch,
-                state.run_id,
-                metrics=batch,
-                params=params,
-                tags=[RunTag(k, v) for k, v in tags.items()],
-            )
-            self._call(
-                self.client.set_terminated,
-                state.run_id,
-                STATUS.get(trial.state, "FAILED"),
-                end_time=epoch_ms(trial.datetime_complete),
-            )
+            if not self._write_local(
+                state.run_id, batch, params, tags, status=status, end_time=end_time
+            ):
+                self._finish_through_client(state.run_id, batch, params, tags, status, end_time)
             if trial.state == TrialState.COMPLETE and self._improves(trial.value):
                 self._best = trial.value
                 best = Metric(
                     f"best_{self.metric}", completed_value(trial), epoch_ms(), trial.number
                 )
                 assert self.parent is not None
-                self._call(self.client.log_batch, self.parent.run_id, metrics=[best])
+                if not self._write_local(self.parent.run_id, [best]):
+                    self._call(self.client.log_batch, self.parent.run_id, metrics=[best])
         except _Down:
             self.unmirrored.add(trial.number)
+
+    def _write_local(
+        self,
+        run_id: str,
+        metrics: list[Any],
+        params: list[Any] | None = None,
+        tags: dict[str, str] | None = None,
+        *,
+        status: str | None = None,
+        end_time: int | None = None,
+    ) -> bool:
+        """Straight into a local SQLite store (`hpo.tracking.local_store`), when it is one
+        and the values fit; False if MLflow's client must send them instead."""
+        if self.local is None:
+            return False
+        return bool(
+            self._call(
+                self.local.log,
+                run_id,
+                metrics=metrics,
+                params=params or [],
+                tags=tags,
+                status=status,
+                end_time=end_time,
+            )
+        )
+
+    def _finish_through_client(
+        self,
+        run_id: str,
+        batch: list[Any],
+        params: list[Any],
+        tags: dict[str, str],
+        status: str,
+        end_time: int,
+    ) -> None:
+        from mlflow.entities import RunTag
+
+        while len(batch) > MAX_BATCH:
+            self._call(self.client.log_batch, run_id, metrics=batch[:MAX_BATCH])
+            batch = batch[MAX_BATCH:]
+        self._call(
+            self.client.log_batch,
+            run_id,
+            metrics=batch,
+            params=params,
+            tags=[RunTag(k, v) for k, v in tags.items()],
+        )
+        self._call(self.client.set_terminated, run_id, status, end_time=end_time)
 
     def flush_all(self) -> None:
         with self._lock:
@@ -177,11 +220,14 @@ class Backend:
             with self._lock:
                 batch, state.pending = state.pending, []
                 params, state.params = state.params, []
+            run_id = cast(str, state.run_id)
             try:
-                for i in range(0, len(batch), MAX_BATCH):
+                if self._write_local(run_id, batch, params):
+                    continue
+                for i in range(0, max(len(batch), 1), MAX_BATCH):  # params alone, too
                     self._call(
                         self.client.log_batch,
-                        state.run_id,
+                        run_id,
                         metrics=batch[i : i + MAX_BATCH],
                         params=params if i == 0 else [],
                     )
@@ -277,6 +323,8 @@ class Backend:
                 with _keep_alive(lambda: self.progress()):  # local work: importing, the store
                     _import_mlflow()
                     self.client = make_client(self.tracking)
+                    if not self.tracking.remote:
+                        self.local = LocalStore.open(self.tracking.uri or DEFAULT_URI)
             finally:
                 self._making_client = False
             gc.collect()
