@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import sqlite3
+import threading
 from pathlib import Path
 
 import pytest
@@ -17,7 +18,7 @@ from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
 
-from hpo.tracking.local_store import LocalStore, RunNotActive
+from hpo.tracking.local_store import LocalStore, NotActive
 from hpo.tracking.runs import TrackingSettings, make_client
 
 
@@ -79,16 +80,23 @@ def _history(client: MlflowClient, run_id: str, key: str) -> list[tuple[int, int
 
 def test_a_run_written_directly_reads_back_as_one_logged_by_mlflow(store):
     client, experiment, uri = store
+    local = LocalStore.open(uri)
+    assert local is not None, "a store MLflow has just made must be one hpo writes directly"
     by_client = client.create_run(experiment, start_time=500, tags=CREATE_TAGS).info.run_id
-    direct = client.create_run(experiment, start_time=500, tags=CREATE_TAGS).info.run_id
+    direct = local.create_run(experiment, start_time=500, tags=CREATE_TAGS)
+    assert direct is not None
+    ours, theirs = client.get_run(direct).info, client.get_run(by_client).info
+    for field in ("experiment_id", "user_id", "status", "start_time", "end_time",
+                  "lifecycle_stage", "run_name"):  # fmt: skip
+        assert getattr(ours, field) == getattr(theirs, field), field
+    assert ours.artifact_uri == theirs.artifact_uri.replace(by_client, direct)
+    assert client.get_run(direct).data.tags == client.get_run(by_client).data.tags
     first, second = _batches()
 
     client.log_batch(by_client, metrics=first, params=PARAMS)
     client.log_batch(by_client, metrics=second, tags=[RunTag(k, v) for k, v in TAGS.items()])
     client.set_terminated(by_client, "FINISHED", end_time=3_000)
 
-    local = LocalStore.open(uri)
-    assert local is not None, "a store MLflow has just made must be one hpo writes directly"
     assert local.log(direct, metrics=first, params=PARAMS)
     assert local.log(direct, metrics=second, tags=TAGS, status="FINISHED", end_time=3_000)
     local.close()
@@ -114,7 +122,7 @@ def test_a_run_written_directly_reads_back_as_one_logged_by_mlflow(store):
     assert {r.data.metrics["loss"] for r in newest} == {3.0}
 
 
-def test_a_param_is_never_changed_and_a_deleted_run_is_refused_as_mlflow_does(store):
+def test_a_param_is_never_changed_and_deleted_runs_and_experiments_are_refused(store):
     client, experiment, uri = store
     run_id = client.create_run(experiment).info.run_id
     local = LocalStore.open(uri)
@@ -127,12 +135,18 @@ def test_a_param_is_never_changed_and_a_deleted_run_is_refused_as_mlflow_does(st
     assert client.get_run(run_id).data.params == {"lr": "0.1"}
     assert client.get_metric_history(run_id, "x") == []  # nothing of the refused call
     client.delete_run(run_id)
-    with pytest.raises(RunNotActive, match="deleted"):
+    with pytest.raises(NotActive, match="deleted"):
         local.log(run_id, metrics=[Metric("x", 1.0, 1, 1)])
     with pytest.raises(MlflowException):
         client.log_batch(run_id, metrics=[Metric("x", 1.0, 1, 1)])
-    with pytest.raises(RunNotActive, match="not found"):
+    with pytest.raises(NotActive, match="not found"):
         local.log("0" * 32, metrics=[Metric("x", 1.0, 1, 1)])
+    assert local.create_run(experiment, start_time=1, tags={}) is None  # MLflow draws a name
+    client.delete_experiment(experiment)
+    with pytest.raises(NotActive, match="deleted"):
+        local.create_run(experiment, start_time=1, tags=CREATE_TAGS)
+    with pytest.raises(MlflowException):
+        client.create_run(experiment, start_time=1, tags=CREATE_TAGS)
 
 
 @pytest.mark.parametrize(
@@ -173,3 +187,44 @@ def test_a_store_that_is_not_the_one_checked_is_written_through_mlflow(store, tm
     with sqlite3.connect(copy) as connection:
         connection.execute("CREATE TRIGGER t AFTER INSERT ON metrics BEGIN SELECT 1; END")
     assert LocalStore.open(f"sqlite:///{copy}") is None
+
+
+def test_the_mirrors_threads_share_one_writer(store):
+    """The mirror creates runs in one thread and ends them in another, on one writer."""
+    client, experiment, uri = store
+    local = LocalStore.open(uri)
+    assert local is not None
+    created: list[str] = []
+    errors: list[BaseException] = []
+
+    def create() -> None:
+        try:
+            for i in range(40):
+                run_id = local.create_run(experiment, start_time=i, tags={"mlflow.runName": "r"})
+                assert run_id is not None
+                created.append(run_id)
+        except BaseException as error:
+            errors.append(error)
+
+    def end() -> None:
+        try:
+            done = 0
+            while done < 40:
+                if done < len(created):
+                    assert local.log(
+                        created[done], metrics=[Metric("v", float(done), 1, 1)],
+                        status="FINISHED", end_time=2,
+                    )  # fmt: skip
+                    done += 1
+        except BaseException as error:
+            errors.append(error)
+
+    threads = [threading.Thread(target=create), threading.Thread(target=end)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert errors == []
+    runs = client.search_runs([experiment], max_results=100)
+    assert len(runs) == 40
+    assert {r.info.status for r in runs} == {"FINISHED"}

@@ -90,9 +90,11 @@ def test_sigterm_stops_a_run_like_ctrl_c(workers, slow_study, tmp_path):
     assert "run the same command again to resume" in err
     assert "Traceback" not in err
     assert not _alive(below), "a worker outlived hpo run"
-    states = Counter(t.state.name for t in _trials(storage))
-    assert states["RUNNING"] == 0
-    assert states["FAIL"] == workers  # each worker's running trial
+    trials = _trials(storage)
+    assert not [t.number for t in trials if t.state.name == "RUNNING"]
+    # Each worker's running trial, failed; on a loaded machine one may have ended just before
+    # the signal (its worker then had none running): at least one, at most one per worker.
+    assert 1 <= sum(t.state.name == "FAIL" for t in trials) <= workers
     done = subprocess.run(
         [*HPO, "run", str(slow_study), "--no-progress", "--no-mlflow"],
         env=_env(storage), cwd=tmp_path, capture_output=True, text=True, timeout=300,
