@@ -453,3 +453,46 @@ def test_a_tracking_server_that_never_answers_costs_a_bounded_wait_at_the_end(
               f"{timings['off']:.1f} s; first trial {first_trial.time()}")  # fmt: skip
     finally:
         silent.close()
+
+
+FORKED_MIRROR = """
+import os, sys
+from pathlib import Path
+from hpo.spec.study_file import load_study_file
+from hpo.storage.database import resolve_storage
+from hpo.tracking.mirror import Mirror
+from hpo.tracking.runs import TrackingSettings
+
+spec = load_study_file(Path(sys.argv[1]))
+mirror = Mirror(TrackingSettings(enabled=True, uri=sys.argv[2]), resolve_storage(sys.argv[3]),
+                spec, channels=2)
+def sockets(pid):
+    found = set()
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            found.add(os.readlink(f"/proc/{pid}/fd/{fd}"))
+        except OSError:
+            pass
+    return found
+ours = {f"socket:[{os.fstat(c.fileno()).st_ino}]"
+        for c in [mirror.worker_end(0), mirror.worker_end(1), mirror._control]}
+import time
+deadline = time.monotonic() + 60  # until the mirror has started and closed what it should
+while ours & sockets(mirror._process.pid) and time.monotonic() < deadline:
+    time.sleep(0.05)
+print(type(mirror._process).__name__, len(ours & sockets(mirror._process.pid)))
+mirror.abandon()
+"""
+
+
+def test_a_forked_mirror_holds_none_of_hpo_runs_ends_of_the_pipes(tiny_study_file, tmp_path):
+    """Forked (hpo run's process has no other thread), the mirror closes its copies of the
+    ends it does not use: holding a worker's end, it would never see that worker's channel
+    close, and would wait out its deadline at the end of every run."""
+    done = subprocess.run(
+        [sys.executable, "-c", FORKED_MIRROR, str(tiny_study_file()),
+         f"sqlite:///{tmp_path / 'mlflow.db'}", f"sqlite:///{tmp_path / 'study.db'}"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["ForkProcess", "0"]
