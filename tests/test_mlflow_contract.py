@@ -9,6 +9,7 @@ their rows mean fails here first (or makes `LocalStore.open` refuse the store, a
 from __future__ import annotations
 
 import math
+import shutil
 import sqlite3
 import threading
 from pathlib import Path
@@ -22,10 +23,21 @@ from hpo.tracking.local_store import LocalStore, NotActive
 from hpo.tracking.runs import TrackingSettings, make_client
 
 
+@pytest.fixture(scope="module")
+def new_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A new local store, made (created and migrated) by MLflow as hpo makes it: once."""
+    path = tmp_path_factory.mktemp("made") / "mlflow.db"
+    make_client(TrackingSettings(enabled=True, uri=f"sqlite:///{path}"))
+    return path
+
+
 @pytest.fixture
-def store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[MlflowClient, str, str]:
-    """(client, experiment id, uri) of a new local store, made by MLflow as hpo makes it."""
+def store(
+    new_store: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> tuple[MlflowClient, str, str]:
+    """(client, experiment id, uri) of a copy of the new store, for one test."""
     monkeypatch.chdir(tmp_path)  # artifacts in ./mlruns
+    shutil.copy(new_store, tmp_path / "mlflow.db")
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     client = make_client(TrackingSettings(enabled=True, uri=uri))
     return client, client.create_experiment("contract"), uri
@@ -172,7 +184,7 @@ def test_what_mlflow_refuses_is_left_to_its_client(store, call):
     assert (run.data.metrics, run.data.params, run.info.status) == ({}, {}, "RUNNING")
 
 
-def test_a_store_that_is_not_the_one_checked_is_written_through_mlflow(store, tmp_path):
+def test_a_store_that_is_not_the_one_checked_is_written_through_mlflow(store, new_store, tmp_path):
     _, _, uri = store
     assert LocalStore.open(uri) is not None
     for other in ("http://127.0.0.1:5000", "postgresql://u@h/db", "sqlite://", "file:///x"):
@@ -182,8 +194,8 @@ def test_a_store_that_is_not_the_one_checked_is_written_through_mlflow(store, tm
         connection.execute("ALTER TABLE metrics ADD COLUMN dataset TEXT")
     assert LocalStore.open(uri) is None  # a column more: a newer MLflow's table
     copy = tmp_path / "trigger.db"
-    fresh = make_client(TrackingSettings(enabled=True, uri=f"sqlite:///{copy}"))
-    assert fresh.search_experiments()
+    shutil.copy(new_store, copy)
+    assert LocalStore.open(f"sqlite:///{copy}") is not None
     with sqlite3.connect(copy) as connection:
         connection.execute("CREATE TRIGGER t AFTER INSERT ON metrics BEGIN SELECT 1; END")
     assert LocalStore.open(f"sqlite:///{copy}") is None
