@@ -21,7 +21,7 @@ import queue
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, wait
 from typing import Any, cast
@@ -509,7 +509,7 @@ def serve(
     control: Connection,
     channels: list[Connection],
     config: dict[str, Any],
-    inherited: list[Connection] = [],  # noqa: B006 (never changed)
+    inherited: Sequence[Connection] = (),
 ) -> None:
     """The mirror process: mirror the workers' trials until `hpo run` says finish, or dies.
 
